@@ -1,0 +1,218 @@
+"""Building blocks a recipe wires together: run state, model/engine/reward setup,
+resume, weight sync, MoE hooks. The loop itself stays in the recipe."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grpo.config import RunConfig
+from grpo.data import TaskData, load_task
+from grpo.errors import DataError, GrpoError
+from rollouts.types import SamplingConfig
+
+log = logging.getLogger("grpo")
+
+# Which dataset columns each built-in reward reads (checked before any model loads).
+REWARD_COLUMNS: dict[str, list[list[str]]] = {
+    "math_accuracy": [["answer"]],
+    "code_tests": [["test", "entry_point"], ["test_list"], ["inputs", "outputs"]],
+}
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.train.output_dir) / cfg.train.run_name
+
+
+def load_run_data(cfg: RunConfig) -> TaskData:
+    needed: list[str] = []
+    task = load_task(cfg.data, needed_columns=[cfg.data.answer_column]
+                     if any(f.name == "math_accuracy" for f in cfg.rewards.functions) else [])
+    cols = set(task.train.column_names) | {"answer"}
+    for fn in cfg.rewards.functions:
+        options = REWARD_COLUMNS.get(fn.name)
+        if options and not any(all(c in cols for c in opt) for opt in options):
+            raise DataError(f"reward {fn.name} needs columns {' or '.join(map(str, options))}; the data has "
+                            f"{sorted(task.train.column_names)}")
+    del needed
+    return task
+
+
+def build_scorer(cfg: RunConfig):
+    from rewards import RewardScorer, RewardSpec
+
+    specs = [RewardSpec(name=f.name, weight=f.weight, kwargs=dict(f.kwargs)) for f in cfg.rewards.functions]
+    return RewardScorer(specs, num_workers=cfg.rewards.num_workers, on_fault=cfg.rewards.on_fault)
+
+
+def prompt_texts(rows: list[dict], completions) -> list[str]:
+    """The user-visible prompt text per completion (what reward functions receive)."""
+    def text(p) -> str:
+        return p if isinstance(p, str) else "\n".join(m["content"] for m in p if m["role"] == "user")
+    return [text(rows[c.prompt_index]["prompt"]) for c in completions]
+
+
+def reward_columns(cfg: RunConfig, rows: list[dict], completions) -> dict[str, list]:
+    """Dataset columns, one entry per completion; the gold answer is also under `answer`."""
+    names = [c for c in rows[0] if c != "prompt"]
+    cols = {n: [rows[c.prompt_index][n] for c in completions] for n in names}
+    if cfg.data.answer_column in cols:
+        cols["answer"] = cols[cfg.data.answer_column]
+    return cols
+
+
+def sampling_config(cfg: RunConfig, step: int) -> SamplingConfig:
+    r = cfg.rollout
+    # One seed per step: a resumed run samples exactly what the uninterrupted run would.
+    return SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_tokens,
+                          stop=tuple(r.stop), seed=cfg.train.seed * 100_003 + step)
+
+
+@dataclass
+class RunState:
+    cfg: RunConfig
+    run_dir: Path
+    task: TaskData
+    scorer: Any
+    model_dir: Path | None = None
+    tokenizer: Any = None
+    policy: Any = None
+    ref_model: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    engine: Any = None
+    sampler: Any = None
+    is_main: bool = True
+    nonfinite_streak: int = 0
+    moe: Any = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def temperature(self) -> float:
+        a = self.cfg.algo
+        return a.temperature if a.temperature is not None else self.cfg.rollout.temperature
+
+    @property
+    def wants_routing(self) -> bool:
+        return self.cfg.moe.routing_replay == "r3" or self.cfg.rollout.return_routing
+
+    def forward_hook(self, batch):
+        return self.moe.forward_hook(batch) if self.moe is not None else None
+
+    def moe_metrics(self, batch, metrics: dict) -> dict:
+        return self.moe.step_metrics(batch, metrics) if self.moe is not None else {}
+
+    def count_nonfinite(self, metrics: dict) -> None:
+        if metrics.get("nonfinite", 0):
+            self.nonfinite_streak += 1
+            log.warning("non-finite loss/gradient: update skipped (%d in a row)", self.nonfinite_streak)
+            if self.nonfinite_streak >= self.cfg.optim.max_nonfinite_steps:
+                raise GrpoError(f"{self.nonfinite_streak} consecutive non-finite updates: stopping. Lower "
+                                "optim.lr, enable optim.grad_clip, or check the rewards for NaN/Inf.")
+        else:
+            self.nonfinite_streak = 0
+
+    def sync_weights(self) -> None:
+        from grpo.weights import policy_weights_for_engine
+
+        self.engine.update_weights(policy_weights_for_engine(self.policy))
+
+    def extra_state(self) -> dict:
+        return {"sampler": self.sampler.state(), "nonfinite_streak": self.nonfinite_streak}
+
+    def refill(self, completions, rewards, scores, prompt_ids, step):
+        from grpo.dynamic_sampling import refill_zero_variance_groups
+
+        return refill_zero_variance_groups(self, completions, rewards, scores, prompt_ids, step)
+
+    def close(self) -> None:
+        for obj in (self.engine, self.scorer):
+            if obj is None:
+                continue
+            try:
+                (obj.shutdown if hasattr(obj, "shutdown") else obj.close)()
+            except Exception as e:  # closing must not hide the error that got us here
+                log.warning("error while closing %s: %s", type(obj).__name__, e)
+
+
+def build_policy(state: RunState) -> None:
+    from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
+    from grpo.optim import build_optimizer, make_reference_model, prepare_model
+    from grpo.sampler import PromptSampler
+
+    cfg = state.cfg
+    state.model_dir = resolve_model(cfg.model.name)
+    state.tokenizer = load_tokenizer(state.model_dir)
+    policy = load_causal_lm(state.model_dir, cfg.model.dtype)
+    state.moe = _moe_controller(policy, cfg)
+    state.policy = prepare_model(policy, cfg.model)
+    if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
+        state.ref_model = make_reference_model(state.policy)
+    state.optimizer, state.scheduler = build_optimizer(state.policy, cfg.optim, cfg.train.steps)
+    state.sampler = PromptSampler(len(state.task.train), seed=cfg.data.seed, curriculum=cfg.data.curriculum,
+                                  difficulty=state.task.train["difficulty"]
+                                  if "difficulty" in state.task.train.column_names else None)
+
+
+def _moe_controller(policy, cfg: RunConfig):
+    from grpo.moe.trainer_hooks import MoEController, is_moe
+
+    return MoEController(policy, cfg.moe) if is_moe(policy) else None
+
+
+def check_context(state: RunState) -> None:
+    """Every prompt + max_tokens must fit the engine's context: checked before the engine starts."""
+    from rollouts.prompts import encode_prompts
+
+    r = state.cfg.rollout
+    limit = r.max_model_len - r.max_tokens
+    model_max = getattr(state.policy.config, "max_position_embeddings", None)
+    if model_max is not None and r.max_model_len > model_max:
+        raise DataError(f"rollout.max_model_len={r.max_model_len} exceeds the model's context ({model_max}).")
+    for name, ds in (("train", state.task.train), ("held-out", state.task.eval)):
+        lengths = [len(ids) for ids in encode_prompts(state.tokenizer, ds["prompt"])]
+        worst = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[worst] > limit:
+            raise DataError(
+                f"{name} prompt #{worst} has {lengths[worst]} tokens; with rollout.max_tokens={r.max_tokens} it "
+                f"does not fit rollout.max_model_len={r.max_model_len}. Raise max_model_len or shorten prompts."
+            )
+
+
+def maybe_resume(state: RunState) -> int:
+    from grpo.checkpoint import latest_checkpoint, load_checkpoint
+
+    if not state.cfg.train.resume:
+        return 0
+    ckpt = latest_checkpoint(state.run_dir)
+    if ckpt is None:
+        log.info("resume requested but %s has no checkpoint: starting from scratch", state.run_dir)
+        return 0
+    saved = load_checkpoint(ckpt, state.policy, state.optimizer, state.scheduler)
+    state.sampler.load_state(saved["extra"]["sampler"])
+    state.nonfinite_streak = saved["extra"].get("nonfinite_streak", 0)
+    log.info("resumed from %s (step %d)", ckpt, saved["step"])
+    return int(saved["step"])
+
+
+def build_engine(state: RunState) -> None:
+    from rollouts import make_engine
+
+    r, cfg = state.cfg.rollout, state.cfg
+    n_seqs = max(cfg.train.prompts_per_step * r.group_size, 8)
+    state.engine = make_engine(r.engine, state.model_dir, max_model_len=r.max_model_len, max_num_seqs=n_seqs,
+                               seed=cfg.train.seed, kv_cache_gb=r.kv_cache_gb, server_url=r.server_url)
+    if state.cfg.train.resume:  # the engine loaded the base weights: push the resumed ones
+        state.sync_weights()

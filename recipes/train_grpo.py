@@ -1,0 +1,165 @@
+"""The GRPO loop, top to bottom. `grpo train CONFIG.yaml` runs `main(cfg)`.
+
+    for each step:
+      prompts  -> engine.generate(prompts, G)          B*G completions (+ routed experts)
+               -> scorer(prompts, completions, ...)     B*G rewards + health metrics
+               -> group advantages                      [B, G]
+               -> policy_update (packed, mu iterations)  loss / KL / clip metrics
+               -> engine.update_weights(policy)         next step samples the new policy
+               -> metrics + checkpoint
+
+Everything before the first generation is validation: data, rewards, context
+length and model loading fail with a clear message before heavy work starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from grpo.config import RunConfig
+from grpo.config_io import to_dict
+from grpo.errors import GrpoError
+from grpo.run_setup import (RunState, build_engine, build_policy, build_scorer, check_context,
+                            load_run_data, maybe_resume, prompt_texts, reward_columns, run_dir_for,
+                            sampling_config, seed_everything)
+
+log = logging.getLogger("grpo")
+
+
+def generate_and_score(state: RunState, prompt_ids: list[int], step: int):
+    """One rollout round: B prompts -> B*G scored completions."""
+    from rewards.types import GroupInfo
+
+    cfg, rows = state.cfg, [state.task.train[i] for i in prompt_ids]
+    t0 = time.perf_counter()
+    completions = state.engine.generate([r["prompt"] for r in rows], cfg.rollout.group_size,
+                                        sampling_config(cfg, step), return_routing=state.wants_routing)
+    t_gen = time.perf_counter() - t0
+    group = GroupInfo(group_ids=[c.prompt_index for c in completions], group_size=cfg.rollout.group_size,
+                      finish_reasons=[c.finish_reason for c in completions],
+                      completion_lengths=[len(c.completion_ids) for c in completions])
+    t0 = time.perf_counter()
+    rewards = state.scorer(prompt_texts(rows, completions), [c.text for c in completions],
+                           columns=reward_columns(cfg, rows, completions), group=group)
+    return completions, rewards, t_gen, time.perf_counter() - t0
+
+
+def train_step(state: RunState, step: int) -> dict:
+    import torch
+
+    from grpo.advantages import compute_advantages, zero_variance_groups
+    from grpo.batch import RolloutBatch
+    from grpo.update import policy_update
+
+    cfg, G = state.cfg, state.cfg.rollout.group_size
+    prompt_ids = state.sampler.next_batch(cfg.train.prompts_per_step)
+    completions, rewards, t_gen, t_rew = generate_and_score(state, prompt_ids, step)
+    scores = torch.tensor(rewards.total, dtype=torch.float32)  # [B*G]
+    if cfg.algo.dynamic_sampling:  # DAPO: replace zero-variance groups, bounded rounds
+        completions, rewards, scores, prompt_ids, extra = state.refill(completions, rewards, scores, prompt_ids, step)
+        t_gen += extra
+    advantages = compute_advantages(scores, G, cfg.algo.advantage)  # [B*G]
+    for b, pid in enumerate(prompt_ids):
+        state.sampler.record(pid, float((scores[b * G:(b + 1) * G] >= 1.0).float().mean()))
+
+    batch = RolloutBatch.from_completions(completions, advantages)
+    t0 = time.perf_counter()
+    metrics = policy_update(state.policy, state.optimizer, state.scheduler, batch, cfg.algo, cfg.optim,
+                            ref_model=state.ref_model, temperature=state.temperature,
+                            forward_hook=state.forward_hook(batch))
+    t_train = time.perf_counter() - t0
+    state.count_nonfinite(metrics)
+
+    t0 = time.perf_counter()
+    state.sync_weights()
+    t_sync = time.perf_counter() - t0
+
+    metrics.update(rewards.metrics)
+    metrics.update({
+        "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
+        "reward/frac_zero_var_groups": float(zero_variance_groups(scores, G).float().mean()),
+        "completion/mean_tokens": sum(len(c.completion_ids) for c in completions) / len(completions),
+        "completion/frac_truncated": sum(c.truncated for c in completions) / len(completions),
+        "time/generate": t_gen, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,
+        "lr": state.scheduler.get_last_lr()[0],
+    })
+    metrics.update(state.moe_metrics(batch, metrics))
+    return metrics
+
+
+def run_eval(state: RunState, step: int, label: str) -> dict:
+    from grpo.evaluate import evaluate
+
+    t = state.cfg.train
+    res = evaluate(state.engine, state.scorer, state.task.eval, k=t.eval_samples,
+                   temperature=t.eval_temperature, max_tokens=state.cfg.rollout.max_tokens,
+                   seed=state.cfg.train.seed + 17, stop=tuple(state.cfg.rollout.stop))
+    log.info("%s held-out: pass@1 %.3f ± %.3f on %d problems", label, res.pass_at_1,
+             res.stderr_pass_at_1, res.n_problems)
+    return res.row()
+
+
+def main(cfg: RunConfig) -> dict:
+    """Run GRPO as configured; return a summary (before/after eval, final checkpoint)."""
+    from tqdm import tqdm
+
+    from grpo.checkpoint import save_checkpoint
+    from grpo.metrics import MetricsSink
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    seed_everything(cfg.train.seed)
+    run_dir = run_dir_for(cfg)
+    task = load_run_data(cfg)  # data problems surface here, before any model loads
+    scorer = build_scorer(cfg)
+    state = RunState(cfg=cfg, run_dir=run_dir, task=task, scorer=scorer)
+    try:
+        build_policy(state)
+        check_context(state)
+        start = maybe_resume(state)
+        build_engine(state)
+        sink = MetricsSink(run_dir, cfg.train.tensorboard, cfg.train.wandb, to_dict(cfg),
+                           enabled=state.is_main, append=start > 0)
+        summary: dict = {"run_dir": str(run_dir), "data": task.description}
+        if start == 0:
+            summary["before"] = run_eval(state, 0, "before")
+            sink.log(0, summary["before"])
+        bar = tqdm(range(start, cfg.train.steps), desc="GRPO", disable=not state.is_main,
+                   initial=start, total=cfg.train.steps)
+        for step in bar:
+            metrics = train_step(state, step + 1)
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                metrics.update(run_eval(state, step + 1, f"step {step + 1}"))
+            sink.log(step + 1, metrics)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('loss', math.nan):.4f}",
+                            kl_rollout=f"{metrics.get('mismatch/kl', math.nan):.1e}")
+            if state.is_main and cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
+                save_checkpoint(run_dir, step + 1, state.policy, state.tokenizer, state.optimizer,
+                                state.scheduler, state.extra_state(), cfg.train.keep_checkpoints)
+        summary["after"] = run_eval(state, cfg.train.steps, "after")
+        sink.log(cfg.train.steps, summary["after"])
+        sink.close()
+        if state.is_main:
+            summary["checkpoint"] = str(save_checkpoint(
+                run_dir, cfg.train.steps, state.policy, state.tokenizer, state.optimizer, state.scheduler,
+                state.extra_state(), cfg.train.keep_checkpoints))
+            if cfg.train.plots:
+                from grpo.plots import plot_run
+
+                summary["plots"] = [str(p) for p in plot_run(run_dir)]
+        return summary
+    finally:
+        state.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    from grpo.config_io import load_config
+
+    try:
+        main(load_config(sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2:]))
+    except GrpoError as e:
+        raise SystemExit(f"error: {e}")
