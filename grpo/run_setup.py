@@ -37,7 +37,6 @@ def run_dir_for(cfg: RunConfig) -> Path:
 
 
 def load_run_data(cfg: RunConfig) -> TaskData:
-    needed: list[str] = []
     task = load_task(cfg.data, needed_columns=[cfg.data.answer_column]
                      if any(f.name == "math_accuracy" for f in cfg.rewards.functions) else [])
     cols = set(task.train.column_names) | {"answer"}
@@ -131,11 +130,6 @@ class RunState:
 
     def extra_state(self) -> dict:
         return {"sampler": self.sampler.state(), "nonfinite_streak": self.nonfinite_streak}
-
-    def refill(self, completions, rewards, scores, prompt_ids, step):
-        from grpo.dynamic_sampling import refill_zero_variance_groups
-
-        return refill_zero_variance_groups(self, completions, rewards, scores, prompt_ids, step)
 
     def close(self) -> None:
         for obj in (self.engine, self.scorer):

@@ -52,15 +52,22 @@ def train_step(state: RunState, step: int) -> dict:
 
     from grpo.advantages import compute_advantages, zero_variance_groups
     from grpo.batch import RolloutBatch
+    from grpo.dynamic_sampling import refill_zero_variance_groups
     from grpo.update import policy_update
 
     cfg, G = state.cfg, state.cfg.rollout.group_size
     prompt_ids = state.sampler.next_batch(cfg.train.prompts_per_step)
     completions, rewards, t_gen, t_rew = generate_and_score(state, prompt_ids, step)
     scores = torch.tensor(rewards.total, dtype=torch.float32)  # [B*G]
-    if cfg.algo.dynamic_sampling:  # DAPO: replace zero-variance groups, bounded rounds
-        completions, rewards, scores, prompt_ids, extra = state.refill(completions, rewards, scores, prompt_ids, step)
-        t_gen += extra
+    ds_metrics: dict = {}
+    if cfg.algo.dynamic_sampling:  # DAPO: replace zero-variance groups, bounded extra rounds
+        def draw(n: int):
+            ids = state.sampler.next_batch(n)
+            comps, res, _, _ = generate_and_score(state, ids, step)
+            return ids, comps, torch.tensor(res.total, dtype=torch.float32)
+
+        prompt_ids, completions, scores, ds_metrics = refill_zero_variance_groups(
+            prompt_ids, completions, scores, G, cfg.algo.dynamic_sampling_max_rounds, draw)
     advantages = compute_advantages(scores, G, cfg.algo.advantage)  # [B*G]
     for b, pid in enumerate(prompt_ids):
         state.sampler.record(pid, float((scores[b * G:(b + 1) * G] >= 1.0).float().mean()))
@@ -78,6 +85,7 @@ def train_step(state: RunState, step: int) -> dict:
     t_sync = time.perf_counter() - t0
 
     metrics.update(rewards.metrics)
+    metrics.update(ds_metrics)
     metrics.update({
         "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
         "reward/frac_zero_var_groups": float(zero_variance_groups(scores, G).float().mean()),
