@@ -1,0 +1,23 @@
+"""MoE-aware RL: routing replay (R2/R3), router controls, expert-load metrics, KL guard.
+
+Hooks live on the transformers v5 router modules (see `routers.py` for the
+supported classes). Per-step usage by the trainer loop is in `modes.py`.
+"""
+
+from grpo.moe.controls import apply_router_controls, force_router_fp32, freeze_router
+from grpo.moe.guard import KLGuard
+from grpo.moe.losses import load_balancing_loss, router_loss_terms, router_z_loss
+from grpo.moe.metrics import moe_step_metrics, router_agreement, rollout_kl
+from grpo.moe.modes import check_replay_mode, diagnostic_pass, replay_routes_for, routing_pass
+from grpo.moe.plots import plot_expert_load
+from grpo.moe.replay import NO_ROUTE, RouterCapture, RoutingReplay
+from grpo.moe.routers import SUPPORTED_ROUTERS, moe_layer_indices, moe_layers, moe_routers
+from grpo.moe.routes import from_vllm_routed_experts, pad_routes, to_route_tensor
+
+__all__ = [
+    "KLGuard", "NO_ROUTE", "RouterCapture", "RoutingReplay", "SUPPORTED_ROUTERS",
+    "apply_router_controls", "check_replay_mode", "diagnostic_pass", "force_router_fp32", "freeze_router",
+    "from_vllm_routed_experts", "load_balancing_loss", "moe_layer_indices", "moe_layers", "moe_routers",
+    "moe_step_metrics", "pad_routes", "plot_expert_load", "replay_routes_for", "rollout_kl",
+    "router_agreement", "router_loss_terms", "router_z_loss", "routing_pass", "to_route_tensor",
+]
