@@ -1,0 +1,239 @@
+"""The policy update for one batch of rollouts.
+
+    plan      pick the sequences that can move the loss, pack them into micro-batches,
+              whole-batch normalisers (LossNorm) so accumulation == one big batch
+    old       trainer log-probs under the current weights, no grad (skipped when
+              num_iterations == 1: then old == the train pass's own log-probs, detached,
+              since no optimiser step happens before the single train pass)
+    ref       reference log-probs, no grad, only when beta > 0 (LoRA: adapters disabled)
+    train     num_iterations x [micro-batches: forward, loss, backward] -> clip -> step
+
+`forward_hook(mb, phase)` (phase in "old", "ref", "train") returns a context manager
+entered around each forward of micro-batch `mb` (a PackedMicroBatch); for "train" the
+backward runs inside it too (gradient checkpointing re-runs the forward there). If the
+object it yields has an `aux_loss` attribute (scalar tensor with grad, set during the
+forward), it is added to the loss, weighted by the micro-batch's share of scored tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Optional
+
+import torch
+
+from grpo.batch import RolloutBatch
+from grpo.config import AlgoConfig, OptimConfig
+from grpo.logprobs import packed_logprobs
+from grpo.losses import LOSSES, LossNorm, rollout_is_weights
+from grpo.packing import PackedMicroBatch, pack_micro_batches, padded_equivalent_tokens
+
+ForwardHook = Callable[[PackedMicroBatch, str], ContextManager[Any]]
+DEFAULT_ROW_TOKENS = 1024  # attention over a packed row costs O(S^2): keep rows short, fill them
+
+
+@dataclass
+class UpdatePlan:
+    micro_batches: list[PackedMicroBatch]
+    loss_mask: torch.Tensor  # [N, T] 1 on tokens in the loss (all loss sequences, forwarded or not)
+    norm: LossNorm
+    forwarded: list[int]  # batch indices that are forwarded
+    skipped_zero_adv: int
+
+
+def plan_update(
+    batch: RolloutBatch, algo: AlgoConfig, optim: OptimConfig, *, max_tokens: Optional[int] = None,
+    skip_zero_advantage: bool = True, max_row_tokens: Optional[int] = None,
+) -> UpdatePlan:
+    """Which sequences enter the loss, which are forwarded, and how they are packed."""
+    mask = batch.completion_mask()  # [N, T]
+    in_loss = [
+        i for i in range(len(batch))
+        if batch.completion_ids[i] and not (algo.mask_truncated and batch.truncated[i])
+    ]
+    for i in set(range(len(batch))) - set(in_loss):
+        mask[i] = 0.0
+    # beta = 0 and A = 0: the sequence's loss and gradient are exactly 0 for every variant.
+    skip = skip_zero_advantage and algo.beta == 0.0
+    forwarded = [i for i in in_loss if not (skip and float(batch.advantages[i]) == 0.0)]
+    budget = algo.dr_grpo_normalizer or max_tokens or batch.max_completion_len
+    norm = LossNorm(float(len(in_loss)), float(mask.sum()), float(budget))
+    rows = max_row_tokens or min(optim.micro_batch_tokens, DEFAULT_ROW_TOKENS)
+    mbs = pack_micro_batches(
+        batch.prompt_ids, batch.completion_ids, batch.group_ids, include=forwarded,
+        shared_prompt=optim.shared_prompt, micro_batch_tokens=optim.micro_batch_tokens, max_row_tokens=rows,
+    )
+    return UpdatePlan(mbs, mask, norm, forwarded, len(in_loss) - len(forwarded))
+
+
+def scatter_tokens(values: torch.Tensor, mb: PackedMicroBatch, T: int) -> torch.Tensor:
+    """Scored-token values [M] -> padded [n, T] (differentiable)."""
+    out = values.new_zeros(mb.seq_index.numel(), T)
+    return out.index_put((mb.tok_seq, mb.tok_pos), values)
+
+
+class MetricAgg:
+    """Weighted means; keys ending in _min / _max keep the extreme."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, metrics: dict[str, float], weight: float) -> None:
+        for k, v in metrics.items():
+            if k.endswith("_min") or k.endswith("_max"):
+                pick = min if k.endswith("_min") else max
+                self.sums[k] = pick(self.sums.get(k, v), v)
+                self.weights[k] = 1.0
+            elif weight > 0:
+                self.sums[k] = self.sums.get(k, 0.0) + v * weight
+                self.weights[k] = self.weights.get(k, 0.0) + weight
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        return {prefix + k: self.sums[k] / max(self.weights[k], 1e-12) for k in self.sums}
+
+
+def _hook(forward_hook: Optional[ForwardHook], mb: PackedMicroBatch, phase: str) -> ContextManager[Any]:
+    return forward_hook(mb, phase) if forward_hook is not None else nullcontext()
+
+
+@torch.no_grad()
+def _nograd_logprobs(model, mbs, T: int, N: int, phase: str, temperature: float, chunk: int,
+                     forward_hook: Optional[ForwardHook]) -> torch.Tensor:
+    """[N, T] log-probs of every forwarded sequence (zeros elsewhere)."""
+    out = torch.zeros(N, T)
+    for mb in mbs:
+        with _hook(forward_hook, mb, phase):
+            logp, _ = packed_logprobs(model, mb, temperature, chunk)
+        out[mb.seq_index] = scatter_tokens(logp.float(), mb, T)
+    return out
+
+
+def reference_logprobs(model, ref_model, mbs, T: int, N: int, temperature: float, chunk: int,
+                       forward_hook: Optional[ForwardHook]) -> torch.Tensor:
+    """Reference log-probs: a separate frozen model, or the LoRA policy with adapters disabled."""
+    if ref_model is not None:
+        return _nograd_logprobs(ref_model, mbs, T, N, "ref", temperature, chunk, forward_hook)
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            return _nograd_logprobs(model, mbs, T, N, "ref", temperature, chunk, forward_hook)
+    raise ValueError("beta > 0 needs a reference: pass ref_model (optim.make_reference_model) or use LoRA.")
+
+
+def _train_micro_batch(
+    model, mb: PackedMicroBatch, batch: RolloutBatch, plan: UpdatePlan, algo: AlgoConfig, ctx: dict[str, Any],
+) -> tuple[float, dict[str, float]]:
+    """Forward + loss + backward of one micro-batch. Returns (loss value, metrics)."""
+    T, idx = plan.loss_mask.shape[1], mb.seq_index
+    mask = plan.loss_mask[idx]  # [n, T]
+    with _hook(ctx["forward_hook"], mb, "train") as h:
+        logp_flat, ent_flat = packed_logprobs(model, mb, ctx["temperature"], ctx["chunk"])
+        logp = scatter_tokens(logp_flat, mb, T)  # [n, T]
+        old = ctx["old"][idx] if ctx["old"] is not None else logp.detach()
+        is_w, is_metrics = rollout_is_weights(
+            old, ctx["sampler"][idx], mask, algo.is_correction, algo.is_cap, algo.is_min
+        )
+        eps = (algo.gspo_epsilon_low, algo.gspo_epsilon_high) if algo.loss == "gspo" else (algo.epsilon_low, algo.epsilon_high)
+        loss, metrics = LOSSES[algo.loss](
+            logp, old, batch.advantages[idx].to(logp.dtype), mask, eps_low=eps[0], eps_high=eps[1],
+            dual_clip=algo.dual_clip, ref_logp=None if ctx["ref"] is None else ctx["ref"][idx].to(logp.dtype),
+            beta=algo.beta, is_weights=is_w, norm=plan.norm,
+        )
+        aux = getattr(h, "aux_loss", None)
+        if aux is not None:  # e.g. MoE load balancing, per micro-batch: weight by its token share
+            loss = loss + aux * (float(mask.sum()) / max(plan.norm.num_tokens, 1.0))
+        value = float(loss.detach())
+        if math.isfinite(value):
+            loss.backward()
+    with torch.no_grad():
+        ent = scatter_tokens(ent_flat.float(), mb, T)
+        metrics["entropy"] = float((ent * mask).sum()) / max(float(mask.sum()), 1.0)
+    return value, {**metrics, **is_metrics}
+
+
+def _step(model, optimizer, scheduler, grad_clip: float, loss_finite: bool) -> tuple[float, bool]:
+    """Clip and step unless the loss or the gradient norm is non-finite. Returns (grad norm, stepped)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm = float("nan")
+    if loss_finite:
+        max_norm = grad_clip if grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False))
+    if not (loss_finite and math.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm, False
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, True
+
+
+def policy_update(
+    model, optimizer, scheduler, batch: RolloutBatch, algo_cfg: AlgoConfig, optim_cfg: OptimConfig,
+    ref_model=None, temperature: float = 1.0, forward_hook: Optional[ForwardHook] = None, *,
+    max_tokens: Optional[int] = None, force_old_pass: bool = False,
+) -> dict[str, float]:
+    """One GRPO update on `batch` (num_iterations optimiser steps). Returns metrics.
+
+    temperature: the rollout temperature (algo_cfg.temperature overrides it when set).
+    max_tokens: rollout.max_tokens, Dr. GRPO's constant (algo_cfg.dr_grpo_normalizer overrides it).
+    metrics["nonfinite"] == 1 means a NaN/Inf loss or gradient norm: grads were zeroed and
+    no step was taken (the caller counts consecutive ones against optim.max_nonfinite_steps).
+    """
+    t0 = time.perf_counter()
+    algo = algo_cfg
+    temp = algo.temperature if algo.temperature is not None else temperature
+    plan = plan_update(batch, algo, optim_cfg, max_tokens=max_tokens)
+    N, T = plan.loss_mask.shape
+    ctx: dict[str, Any] = dict(forward_hook=forward_hook, temperature=temp, chunk=optim_cfg.logprob_chunk,
+                               sampler=batch.sampler_logp(), old=None, ref=None)
+    out: dict[str, float] = {
+        "tokens": float(sum(int(mb.tok_seq.numel()) for mb in plan.micro_batches)),
+        "unique_tokens": float(sum(mb.num_tokens for mb in plan.micro_batches)),
+        "slot_tokens": float(sum(mb.num_slots for mb in plan.micro_batches)),
+        "padded_tokens": float(padded_equivalent_tokens(batch.prompt_ids, batch.completion_ids, plan.forwarded)),
+        "micro_batches": float(len(plan.micro_batches)),
+        "sequences": float(len(plan.forwarded)),
+        "skipped_zero_adv": float(plan.skipped_zero_adv),
+        "nonfinite": 0.0,
+    }
+    if not plan.micro_batches:  # nothing carries gradient: no step (an AdamW step would still move weights)
+        out.update(update_skipped=1.0, time=time.perf_counter() - t0)
+        return out
+    t = time.perf_counter()
+    if algo.num_iterations > 1 or force_old_pass:
+        ctx["old"] = _nograd_logprobs(model, plan.micro_batches, T, N, "old", temp, ctx["chunk"], forward_hook)
+    out["time_old"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if algo.beta != 0.0:
+        ctx["ref"] = reference_logprobs(model, ref_model, plan.micro_batches, T, N, temp, ctx["chunk"], forward_hook)
+    out["time_ref"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    agg, losses, norms = MetricAgg(), [], []
+    for _ in range(algo.num_iterations):
+        total, finite = 0.0, True
+        for mb in plan.micro_batches:
+            value, metrics = _train_micro_batch(model, mb, batch, plan, algo, ctx)
+            if not math.isfinite(value):
+                finite = False
+                break
+            total += value
+            agg.add(metrics, metrics.pop("tokens"))
+        grad_norm, stepped = _step(model, optimizer, scheduler, optim_cfg.grad_clip, finite)
+        norms.append(grad_norm)
+        losses.append(total if finite else float("nan"))
+        if not stepped:
+            out["nonfinite"] = 1.0
+            break
+    out["time_train"] = time.perf_counter() - t
+    out.update(agg.result())
+    out.update(loss=sum(losses) / len(losses), grad_norm=norms[-1], iterations=float(len(losses)))
+    out["lr"] = float(optimizer.param_groups[0]["lr"])
+    out["train_tokens_per_s"] = out["unique_tokens"] * len(losses) / max(out["time_train"], 1e-9)
+    out["time"] = time.perf_counter() - t0
+    return out

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from grpo.advantages import (
+    PassRateCurriculum,
+    advantage_report,
+    compute_advantages,
+    difficulty_order,
+    dynamic_sampling_keep,
+    groups_needed,
+    zero_variance_groups,
+)
+
+# two groups of 3: [1, 0, 0] and [1, 1, 1] (zero variance)
+R = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+G = ["a", "a", "a", "b", "b", "b"]
+
+
+def test_group_normalised_by_hand():
+    # group a: mean 1/3, unbiased std = sqrt(((2/3)^2 + 2*(1/3)^2) / 2) = sqrt(1/3)
+    std = math.sqrt(1 / 3)
+    adv = compute_advantages(R, G, "group")
+    exp = [(2 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), (-1 / 3) / (std + 1e-4), 0, 0, 0]
+    torch.testing.assert_close(adv, torch.tensor(exp), atol=1e-6, rtol=0)
+
+
+def test_batch_none_rloo_by_hand():
+    # batch std of R (unbiased): mean 2/3, var = (2*(1/3)^2 + 4*(1/3)^2... computed below
+    r = torch.tensor(R, dtype=torch.float64)
+    bstd = float(r.std())
+    adv = compute_advantages(R, G, "batch")
+    torch.testing.assert_close(adv[:3], torch.tensor([2 / 3, -1 / 3, -1 / 3]) / (bstd + 1e-4))
+    torch.testing.assert_close(compute_advantages(R, G, "none"), torch.tensor([2 / 3, -1 / 3, -1 / 3, 0, 0, 0]))
+    # RLOO: 1 - mean(0, 0) = 1;  0 - mean(1, 0) = -0.5
+    torch.testing.assert_close(compute_advantages(R, G, "rloo"), torch.tensor([1.0, -0.5, -0.5, 0, 0, 0]))
+
+
+def test_rloo_is_scaled_dr_grpo_and_nan_rewards_get_zero():
+    r = torch.tensor([0.3, 0.9, 0.1, 0.5])
+    g = [0, 0, 0, 0]
+    torch.testing.assert_close(compute_advantages(r, g, "rloo"), compute_advantages(r, g, "none") * 4 / 3)
+    adv = compute_advantages([1.0, float("nan"), 0.0], [0, 0, 0], "none")
+    torch.testing.assert_close(adv, torch.tensor([0.5, 0.0, -0.5]))  # NaN left out of the mean
+
+
+def test_zero_variance_and_dynamic_sampling():
+    assert zero_variance_groups(R, G).tolist() == [False] * 3 + [True] * 3
+    assert dynamic_sampling_keep(R, G).tolist() == [True] * 3 + [False] * 3
+    assert groups_needed(kept_groups=1, target_groups=4) == 3 and groups_needed(5, 4) == 0
+    rep = advantage_report(R, G)
+    assert rep["zero_std_group_frac"] == 0.5 and rep["reward_mean"] == pytest.approx(4 / 6)
+
+
+def test_curriculum_weights_and_order():
+    c = PassRateCurriculum(decay=0.5, prior=0.5, floor=0.01)
+    c.update(["easy"] * 4 + ["hard"] * 4 + ["mid"] * 4, [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0])
+    w = dict(zip(["easy", "hard", "mid", "new"], c.weights(["easy", "hard", "mid", "new"])))
+    assert w["easy"] == w["hard"] == 0.01 and w["mid"] == w["new"] == 0.25
+    c.update(["easy"] * 2, [0, 0])  # EMA: 0.5 * 1 + 0.5 * 0
+    assert c.rates["easy"] == 0.5
+    assert PassRateCurriculum.from_state_dict(c.state_dict()).rates == c.rates
+    assert difficulty_order([3, 1, 2]) == [1, 2, 0]
