@@ -52,14 +52,17 @@ def plot_expert_load(jsonl_records: Union[str, Path, Iterable[dict]], out_png: U
     n = len(mats)
     cols = min(4, n)
     nrows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols + 1.0, 2.4 * nrows + 0.6),
+                             squeeze=False, layout="constrained")
     vmax = max(float(m[~(m != m)].max()) for m in mats.values())  # ignore NaN
-    for ax, (layer, mat) in zip(axes.flat, mats.items()):
+    for i, (ax, (layer, mat)) in enumerate(zip(axes.flat, mats.items())):
         im = ax.imshow(mat, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax,
                        extent=(steps[0] - 0.5, steps[-1] + 0.5, -0.5, mat.shape[0] - 0.5))
         ax.set_title(f"MoE layer {layer}", fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.set_ylabel("expert", fontsize=8)
+        if i >= n - cols:  # bottom row of the filled grid
+            ax.set_xlabel("step", fontsize=8)
+        if i % cols == 0:
+            ax.set_ylabel("expert", fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="share of routed tokens")

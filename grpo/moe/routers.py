@@ -52,7 +52,7 @@ SUPPORTED_ROUTERS: dict[str, ScoreKind] = {
 _ALWAYS_RENORM = {"MixtralTopKRouter"}
 
 _MOE_CONFIG_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
-_MOE_CLASS_HINT = re.compile(r"(Moe|MoE|Experts|Router)")
+_MOE_CLASS_HINT = re.compile(r"(Router|Gating|Experts|SparseMoe|MoeBlock|Moe$|MoE$)")
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
