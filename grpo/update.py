@@ -101,45 +101,55 @@ def _hook(forward_hook: Optional[ForwardHook], mb: PackedMicroBatch, phase: str)
 
 
 @torch.no_grad()
-def _nograd_logprobs(model, mbs, T: int, N: int, phase: str, temperature: float, chunk: int,
-                     forward_hook: Optional[ForwardHook]) -> torch.Tensor:
+def nograd_logprobs(model, plan: UpdatePlan, phase: str, temperature: float, chunk: int,
+                    forward_hook: Optional[ForwardHook] = None) -> torch.Tensor:
     """[N, T] log-probs of every forwarded sequence (zeros elsewhere)."""
-    out = torch.zeros(N, T)
-    for mb in mbs:
+    out = torch.zeros(plan.loss_mask.shape)
+    for mb in plan.micro_batches:
         with _hook(forward_hook, mb, phase):
             logp, _ = packed_logprobs(model, mb, temperature, chunk)
-        out[mb.seq_index] = scatter_tokens(logp.float(), mb, T)
+        out[mb.seq_index] = scatter_tokens(logp.float(), mb, out.shape[1])
     return out
 
 
-def reference_logprobs(model, ref_model, mbs, T: int, N: int, temperature: float, chunk: int,
-                       forward_hook: Optional[ForwardHook]) -> torch.Tensor:
-    """Reference log-probs: a separate frozen model, or the LoRA policy with adapters disabled."""
+def reference_logprobs(model, ref_model, plan: UpdatePlan, temperature: float, chunk: int,
+                       forward_hook: Optional[ForwardHook] = None) -> torch.Tensor:
+    """Reference log-probs [N, T]: a separate frozen model, or the LoRA policy with adapters disabled."""
     if ref_model is not None:
-        return _nograd_logprobs(ref_model, mbs, T, N, "ref", temperature, chunk, forward_hook)
+        return nograd_logprobs(ref_model, plan, "ref", temperature, chunk, forward_hook)
     if hasattr(model, "disable_adapter"):
         with model.disable_adapter():
-            return _nograd_logprobs(model, mbs, T, N, "ref", temperature, chunk, forward_hook)
+            return nograd_logprobs(model, plan, "ref", temperature, chunk, forward_hook)
     raise ValueError("beta > 0 needs a reference: pass ref_model (optim.make_reference_model) or use LoRA.")
 
 
-def _train_micro_batch(
-    model, mb: PackedMicroBatch, batch: RolloutBatch, plan: UpdatePlan, algo: AlgoConfig, ctx: dict[str, Any],
-) -> tuple[float, dict[str, float]]:
+@dataclass
+class PassInputs:
+    """What a training pass needs besides the model and the plan. [N, T] tensors are batch-wide."""
+
+    sampler: torch.Tensor  # [N, T] sampler log-probs (NaN = not recorded)
+    old: Optional[torch.Tensor] = None  # [N, T]; None = this pass's own log-probs, detached
+    ref: Optional[torch.Tensor] = None  # [N, T] when beta > 0
+    temperature: float = 1.0
+    chunk: int = 8192
+    forward_hook: Optional[ForwardHook] = None
+
+
+def _train_micro_batch(model, mb: PackedMicroBatch, batch: RolloutBatch, plan: UpdatePlan, algo: AlgoConfig,
+                       inp: PassInputs) -> tuple[float, dict[str, float]]:
     """Forward + loss + backward of one micro-batch. Returns (loss value, metrics)."""
     T, idx = plan.loss_mask.shape[1], mb.seq_index
     mask = plan.loss_mask[idx]  # [n, T]
-    with _hook(ctx["forward_hook"], mb, "train") as h:
-        logp_flat, ent_flat = packed_logprobs(model, mb, ctx["temperature"], ctx["chunk"])
+    gspo = algo.loss == "gspo"
+    eps_low, eps_high = (algo.gspo_epsilon_low, algo.gspo_epsilon_high) if gspo else (algo.epsilon_low, algo.epsilon_high)
+    with _hook(inp.forward_hook, mb, "train") as h:
+        logp_flat, ent_flat = packed_logprobs(model, mb, inp.temperature, inp.chunk)
         logp = scatter_tokens(logp_flat, mb, T)  # [n, T]
-        old = ctx["old"][idx] if ctx["old"] is not None else logp.detach()
-        is_w, is_metrics = rollout_is_weights(
-            old, ctx["sampler"][idx], mask, algo.is_correction, algo.is_cap, algo.is_min
-        )
-        eps = (algo.gspo_epsilon_low, algo.gspo_epsilon_high) if algo.loss == "gspo" else (algo.epsilon_low, algo.epsilon_high)
+        old = inp.old[idx].to(logp.dtype) if inp.old is not None else logp.detach()
+        is_w, is_metrics = rollout_is_weights(old, inp.sampler[idx], mask, algo.is_correction, algo.is_cap, algo.is_min)
         loss, metrics = LOSSES[algo.loss](
-            logp, old, batch.advantages[idx].to(logp.dtype), mask, eps_low=eps[0], eps_high=eps[1],
-            dual_clip=algo.dual_clip, ref_logp=None if ctx["ref"] is None else ctx["ref"][idx].to(logp.dtype),
+            logp, old, batch.advantages[idx].to(logp.dtype), mask, eps_low=eps_low, eps_high=eps_high,
+            dual_clip=algo.dual_clip, ref_logp=None if inp.ref is None else inp.ref[idx].to(logp.dtype),
             beta=algo.beta, is_weights=is_w, norm=plan.norm,
         )
         aux = getattr(h, "aux_loss", None)
@@ -147,11 +157,26 @@ def _train_micro_batch(
             loss = loss + aux * (float(mask.sum()) / max(plan.norm.num_tokens, 1.0))
         value = float(loss.detach())
         if math.isfinite(value):
-            loss.backward()
+            loss.backward()  # inside the hook: checkpoint recomputes must see the same routing
     with torch.no_grad():
         ent = scatter_tokens(ent_flat.float(), mb, T)
         metrics["entropy"] = float((ent * mask).sum()) / max(float(mask.sum()), 1.0)
     return value, {**metrics, **is_metrics}
+
+
+def accumulate_gradients(model, batch: RolloutBatch, plan: UpdatePlan, algo: AlgoConfig, inp: PassInputs,
+                         agg: Optional[MetricAgg] = None) -> float:
+    """One pass over all micro-batches, gradients summed into .grad (== the full-batch gradient).
+    Returns the full-batch loss, NaN as soon as a micro-batch loss is non-finite (then it stops)."""
+    total = 0.0
+    for mb in plan.micro_batches:
+        value, metrics = _train_micro_batch(model, mb, batch, plan, algo, inp)
+        if not math.isfinite(value):
+            return float("nan")
+        total += value
+        if agg is not None:
+            agg.add(metrics, metrics.pop("tokens"))
+    return total
 
 
 def _step(model, optimizer, scheduler, grad_clip: float, loss_finite: bool) -> tuple[float, bool]:
@@ -171,6 +196,19 @@ def _step(model, optimizer, scheduler, grad_clip: float, loss_finite: bool) -> t
     return grad_norm, True
 
 
+def _token_counts(batch: RolloutBatch, plan: UpdatePlan) -> dict[str, float]:
+    mbs = plan.micro_batches
+    return {
+        "tokens": float(sum(int(mb.tok_seq.numel()) for mb in mbs)),  # scored completion tokens
+        "unique_tokens": float(sum(mb.num_tokens for mb in mbs)),  # real tokens forwarded per pass
+        "slot_tokens": float(sum(mb.num_slots for mb in mbs)),  # incl. row padding
+        "padded_tokens": float(padded_equivalent_tokens(batch.prompt_ids, batch.completion_ids, plan.forwarded)),
+        "micro_batches": float(len(mbs)),
+        "sequences": float(len(plan.forwarded)),
+        "skipped_zero_adv": float(plan.skipped_zero_adv),
+    }
+
+
 def policy_update(
     model, optimizer, scheduler, batch: RolloutBatch, algo_cfg: AlgoConfig, optim_cfg: OptimConfig,
     ref_model=None, temperature: float = 1.0, forward_hook: Optional[ForwardHook] = None, *,
@@ -180,53 +218,37 @@ def policy_update(
 
     temperature: the rollout temperature (algo_cfg.temperature overrides it when set).
     max_tokens: rollout.max_tokens, Dr. GRPO's constant (algo_cfg.dr_grpo_normalizer overrides it).
-    metrics["nonfinite"] == 1 means a NaN/Inf loss or gradient norm: grads were zeroed and
-    no step was taken (the caller counts consecutive ones against optim.max_nonfinite_steps).
+    force_old_pass: run the no-grad "old" pass even when num_iterations == 1 (e.g. R2 routing
+    replay records the old routing there).
+    metrics["nonfinite"] == 1: a NaN/Inf loss or gradient norm; grads were zeroed and no step was
+    taken (the caller counts consecutive ones against optim.max_nonfinite_steps).
     """
     t0 = time.perf_counter()
     algo = algo_cfg
     temp = algo.temperature if algo.temperature is not None else temperature
     plan = plan_update(batch, algo, optim_cfg, max_tokens=max_tokens)
-    N, T = plan.loss_mask.shape
-    ctx: dict[str, Any] = dict(forward_hook=forward_hook, temperature=temp, chunk=optim_cfg.logprob_chunk,
-                               sampler=batch.sampler_logp(), old=None, ref=None)
-    out: dict[str, float] = {
-        "tokens": float(sum(int(mb.tok_seq.numel()) for mb in plan.micro_batches)),
-        "unique_tokens": float(sum(mb.num_tokens for mb in plan.micro_batches)),
-        "slot_tokens": float(sum(mb.num_slots for mb in plan.micro_batches)),
-        "padded_tokens": float(padded_equivalent_tokens(batch.prompt_ids, batch.completion_ids, plan.forwarded)),
-        "micro_batches": float(len(plan.micro_batches)),
-        "sequences": float(len(plan.forwarded)),
-        "skipped_zero_adv": float(plan.skipped_zero_adv),
-        "nonfinite": 0.0,
-    }
+    out: dict[str, float] = {**_token_counts(batch, plan), "nonfinite": 0.0}
     if not plan.micro_batches:  # nothing carries gradient: no step (an AdamW step would still move weights)
         out.update(update_skipped=1.0, time=time.perf_counter() - t0)
         return out
+    inp = PassInputs(batch.sampler_logp(), temperature=temp, chunk=optim_cfg.logprob_chunk, forward_hook=forward_hook)
     t = time.perf_counter()
     if algo.num_iterations > 1 or force_old_pass:
-        ctx["old"] = _nograd_logprobs(model, plan.micro_batches, T, N, "old", temp, ctx["chunk"], forward_hook)
+        inp.old = nograd_logprobs(model, plan, "old", temp, inp.chunk, forward_hook)
     out["time_old"] = time.perf_counter() - t
     t = time.perf_counter()
     if algo.beta != 0.0:
-        ctx["ref"] = reference_logprobs(model, ref_model, plan.micro_batches, T, N, temp, ctx["chunk"], forward_hook)
+        inp.ref = reference_logprobs(model, ref_model, plan, temp, inp.chunk, forward_hook)
     out["time_ref"] = time.perf_counter() - t
     t = time.perf_counter()
     model.train()
     optimizer.zero_grad(set_to_none=True)
     agg, losses, norms = MetricAgg(), [], []
     for _ in range(algo.num_iterations):
-        total, finite = 0.0, True
-        for mb in plan.micro_batches:
-            value, metrics = _train_micro_batch(model, mb, batch, plan, algo, ctx)
-            if not math.isfinite(value):
-                finite = False
-                break
-            total += value
-            agg.add(metrics, metrics.pop("tokens"))
-        grad_norm, stepped = _step(model, optimizer, scheduler, optim_cfg.grad_clip, finite)
+        loss = accumulate_gradients(model, batch, plan, algo, inp, agg)
+        grad_norm, stepped = _step(model, optimizer, scheduler, optim_cfg.grad_clip, math.isfinite(loss))
+        losses.append(loss)
         norms.append(grad_norm)
-        losses.append(total if finite else float("nan"))
         if not stepped:
             out["nonfinite"] = 1.0
             break

@@ -17,7 +17,7 @@ from grpo.optim import (
     make_reference_model,
     prepare_policy,
 )
-from grpo.update import plan_update, policy_update
+from grpo.update import nograd_logprobs, plan_update, policy_update
 from rollouts.types import Completion
 
 
@@ -134,9 +134,7 @@ def test_single_iteration_skips_old_pass_and_trainer_sampler_match_gives_unit_we
     batch = make_batch(llama.config.vocab_size)
     # sampler log-probs equal to the trainer's -> IS weights 1 and rollout KL 0
     plan = plan_update(batch, AlgoConfig(), OptimConfig())
-    from grpo.update import _nograd_logprobs
-
-    old = _nograd_logprobs(llama, plan.micro_batches, batch.max_completion_len, len(batch), "old", 1.0, 8192, None)
+    old = nograd_logprobs(llama, plan, "old", temperature=1.0, chunk=8192)
     batch.sampler_logprobs = [old[i, : len(c)].tolist() for i, c in enumerate(batch.completion_ids)]
     phases = []
 
