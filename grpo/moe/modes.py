@@ -82,3 +82,8 @@ def diagnostic_pass(mode: ReplayMode) -> Literal["live", "replay_rollout"]:
     forward; none/r2's old pass is live, so the missing side replays rollout routes.
     """
     return "live" if mode == "r3" else "replay_rollout"
+
+
+def trained_kl_key(mode: ReplayMode) -> str:
+    """The train-vs-rollout KL the update actually sees (what the KL guard should watch)."""
+    return "moe/kl_rollout_replay" if mode == "r3" else "moe/kl_rollout_live"
