@@ -1,7 +1,7 @@
 """Group-relative advantages and the small pure helpers around them.
 
 Rewards arrive flat, one per completion ([N]), with a group id per completion
-(the prompt index). NaN rewards mean "unscorable": they are left out of the
+(the prompt index) or the group size G when groups are contiguous. NaN rewards mean "unscorable": they are left out of the
 group baseline and get advantage 0, as TRL does.
 
 Modes (AlgoConfig.advantage):
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Hashable, Literal, Sequence
+from typing import Hashable, Literal, Sequence, Union
 
 import torch
 
 AdvantageMode = Literal["group", "batch", "none", "rloo"]
+GroupIds = Union[Sequence[Hashable], torch.Tensor, int]  # per-completion ids, or the size G of contiguous groups
 STD_EPS = 1e-4  # TRL's epsilon: a zero-variance group gets advantage 0, never a division by 0
 
 
@@ -34,7 +35,7 @@ class GroupStats:
     std: torch.Tensor  # [N] unbiased group std (0 when count < 2)
 
 
-def group_stats(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Tensor) -> GroupStats:
+def group_stats(rewards: torch.Tensor, group_ids: GroupIds) -> GroupStats:
     """Mean / std of each completion's group, NaN rewards excluded. rewards: [N]."""
     rewards = torch.as_tensor(rewards, dtype=torch.float64)
     index = _dense_index(group_ids, rewards.numel())  # [N]
@@ -52,7 +53,7 @@ def group_stats(rewards: torch.Tensor, group_ids: Sequence[Hashable] | torch.Ten
 
 def compute_advantages(
     rewards: torch.Tensor | Sequence[float],
-    group_ids: Sequence[Hashable] | torch.Tensor,
+    group_ids: GroupIds,
     mode: AdvantageMode = "group",
     eps: float = STD_EPS,
 ) -> torch.Tensor:
@@ -78,7 +79,7 @@ def compute_advantages(
 
 
 def zero_variance_groups(
-    rewards: torch.Tensor | Sequence[float], group_ids: Sequence[Hashable] | torch.Tensor, tol: float = 0.0
+    rewards: torch.Tensor | Sequence[float], group_ids: GroupIds, tol: float = 0.0
 ) -> torch.Tensor:
     """Bool [N]: the completion's group has (near) identical rewards, so zero advantage."""
     st = group_stats(torch.as_tensor(rewards, dtype=torch.float64), group_ids)
@@ -86,7 +87,7 @@ def zero_variance_groups(
 
 
 def advantage_report(
-    rewards: torch.Tensor | Sequence[float], group_ids: Sequence[Hashable] | torch.Tensor
+    rewards: torch.Tensor | Sequence[float], group_ids: GroupIds
 ) -> dict[str, float]:
     """Metrics for the log: reward mean/std, fraction of zero-variance groups and of NaN rewards."""
     r = torch.as_tensor(rewards, dtype=torch.float64)
@@ -103,7 +104,7 @@ def advantage_report(
 
 
 def dynamic_sampling_keep(
-    rewards: torch.Tensor | Sequence[float], group_ids: Sequence[Hashable] | torch.Tensor, tol: float = 0.0
+    rewards: torch.Tensor | Sequence[float], group_ids: GroupIds, tol: float = 0.0
 ) -> torch.Tensor:
     """DAPO dynamic sampling: bool [N], True for completions of groups with a learning signal.
 
@@ -118,8 +119,13 @@ def groups_needed(kept_groups: int, target_groups: int) -> int:
     return max(0, target_groups - kept_groups)
 
 
-def _dense_index(group_ids: Sequence[Hashable] | torch.Tensor, n: int) -> torch.Tensor:
-    """Map arbitrary hashable group ids to 0..G-1 in order of first appearance. [N] long."""
+def _dense_index(group_ids: GroupIds, n: int) -> torch.Tensor:
+    """Map group ids to 0..G-1 in order of first appearance. [N] long. An int is the group
+    size of contiguous groups (all G completions of prompt 0 first, as engines return them)."""
+    if isinstance(group_ids, int):
+        if group_ids < 1 or n % group_ids:
+            raise ValueError(f"{n} rewards do not split into groups of {group_ids}")
+        return torch.arange(n) // group_ids
     ids = group_ids.tolist() if isinstance(group_ids, torch.Tensor) else list(group_ids)
     if len(ids) != n:
         raise ValueError(f"got {len(ids)} group ids for {n} rewards")

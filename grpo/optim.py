@@ -14,7 +14,15 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: torch.nn.Module, cfg: OptimConfig, total_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW + its warm-up/cosine schedule over `total_steps` trainer steps (train.steps)."""
+    opt = build_adamw(model, cfg)
+    return opt, build_scheduler(opt, cfg, total_steps)
+
+
+def build_adamw(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (all weights, or the LoRA adapters)."""
     params = trainable_parameters(model)
     if not params:
@@ -41,7 +49,8 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str,
 def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR stepped once per optimiser step; total_steps = train.steps * algo.num_iterations."""
+    """LambdaLR; `policy_update` steps it once per trainer step (not per inner iteration),
+    so warmup_steps and total_steps count trainer steps."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, cfg.warmup_steps, total_steps, cfg.schedule)
     )
@@ -82,7 +91,7 @@ def disable_dropout(model: torch.nn.Module) -> None:
             setattr(cfg, attr, 0.0)
 
 
-def prepare_policy(model: torch.nn.Module, cfg: ModelConfig):
+def prepare_model(model: torch.nn.Module, cfg: ModelConfig):
     """Dropout off, LoRA if enabled, gradient checkpointing if enabled. Returns the (maybe wrapped) model."""
     disable_dropout(model)
     if cfg.lora.enabled:

@@ -179,7 +179,7 @@ def accumulate_gradients(model, batch: RolloutBatch, plan: UpdatePlan, algo: Alg
     return total
 
 
-def _step(model, optimizer, scheduler, grad_clip: float, loss_finite: bool) -> tuple[float, bool]:
+def _step(model, optimizer, grad_clip: float, loss_finite: bool) -> tuple[float, bool]:
     """Clip and step unless the loss or the gradient norm is non-finite. Returns (grad norm, stepped)."""
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = float("nan")
@@ -190,8 +190,6 @@ def _step(model, optimizer, scheduler, grad_clip: float, loss_finite: bool) -> t
         optimizer.zero_grad(set_to_none=True)
         return grad_norm, False
     optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm, True
 
@@ -214,7 +212,7 @@ def policy_update(
     ref_model=None, temperature: float = 1.0, forward_hook: Optional[ForwardHook] = None, *,
     max_tokens: Optional[int] = None, force_old_pass: bool = False,
 ) -> dict[str, float]:
-    """One GRPO update on `batch` (num_iterations optimiser steps). Returns metrics.
+    """One GRPO update on `batch` (num_iterations optimiser steps, one scheduler step). Returns metrics.
 
     temperature: the rollout temperature (algo_cfg.temperature overrides it when set).
     max_tokens: rollout.max_tokens, Dr. GRPO's constant (algo_cfg.dr_grpo_normalizer overrides it).
@@ -246,16 +244,18 @@ def policy_update(
     agg, losses, norms = MetricAgg(), [], []
     for _ in range(algo.num_iterations):
         loss = accumulate_gradients(model, batch, plan, algo, inp, agg)
-        grad_norm, stepped = _step(model, optimizer, scheduler, optim_cfg.grad_clip, math.isfinite(loss))
+        grad_norm, stepped = _step(model, optimizer, optim_cfg.grad_clip, math.isfinite(loss))
         losses.append(loss)
         norms.append(grad_norm)
         if not stepped:
             out["nonfinite"] = 1.0
             break
+    out["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate these steps used
+    if scheduler is not None and out["nonfinite"] == 0.0:
+        scheduler.step()  # once per trainer step: warm-up/cosine count policy updates
     out["time_train"] = time.perf_counter() - t
     out.update(agg.result())
     out.update(loss=sum(losses) / len(losses), grad_norm=norms[-1], iterations=float(len(losses)))
-    out["lr"] = float(optimizer.param_groups[0]["lr"])
     out["train_tokens_per_s"] = out["unique_tokens"] * len(losses) / max(out["time_train"], 1e-9)
     out["time"] = time.perf_counter() - t0
     return out

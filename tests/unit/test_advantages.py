@@ -37,6 +37,13 @@ def test_batch_none_rloo_by_hand():
     torch.testing.assert_close(compute_advantages(R, G, "rloo"), torch.tensor([1.0, -0.5, -0.5, 0, 0, 0]))
 
 
+def test_int_group_size_means_contiguous_groups():
+    torch.testing.assert_close(compute_advantages(R, 3, "group"), compute_advantages(R, G, "group"))
+    assert zero_variance_groups(R, 3).tolist() == [False] * 3 + [True] * 3
+    with pytest.raises(ValueError, match="groups of 4"):
+        compute_advantages(R, 4)
+
+
 def test_rloo_is_scaled_dr_grpo_and_nan_rewards_get_zero():
     r = torch.tensor([0.3, 0.9, 0.1, 0.5])
     g = [0, 0, 0, 0]

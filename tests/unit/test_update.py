@@ -11,11 +11,12 @@ from grpo.batch import RolloutBatch
 from grpo.config import AlgoConfig, LoraConfig, ModelConfig, OptimConfig
 from grpo.models.loader import load_causal_lm
 from grpo.optim import (
+    build_adamw,
     build_optimizer,
     build_scheduler,
     lr_multiplier,
     make_reference_model,
-    prepare_policy,
+    prepare_model,
 )
 from grpo.update import nograd_logprobs, plan_update, policy_update
 from rollouts.types import Completion
@@ -80,8 +81,7 @@ def test_micro_batch_accumulation_equals_one_big_batch(llama, loss):
 def test_nan_loss_skips_update_and_is_reported(llama):
     batch = make_batch(llama.config.vocab_size)
     batch.advantages[3] = float("nan")
-    opt = build_optimizer(llama, OptimConfig(lr=1e-2))
-    sched = build_scheduler(opt, OptimConfig(warmup_steps=2), total_steps=10)
+    opt, sched = build_optimizer(llama, OptimConfig(lr=1e-2, warmup_steps=2), total_steps=10)
     before = {n: p.detach().clone() for n, p in llama.named_parameters()}
     m = policy_update(llama, opt, sched, batch, AlgoConfig(), OptimConfig())
     assert m["nonfinite"] == 1.0 and math.isnan(m["loss"])
@@ -92,7 +92,7 @@ def test_nan_loss_skips_update_and_is_reported(llama):
 
 def test_nonfinite_grad_norm_skips_update(llama):
     batch = make_batch(llama.config.vocab_size)
-    opt = build_optimizer(llama, OptimConfig(lr=1e-2))
+    opt = build_adamw(llama, OptimConfig(lr=1e-2))
     p0 = next(llama.parameters())
     h = p0.register_hook(lambda g: g * float("inf"))
     before = {n: p.detach().clone() for n, p in llama.named_parameters()}
@@ -106,7 +106,7 @@ def test_nonfinite_grad_norm_skips_update(llama):
 
 def test_update_moves_weights_iterations_and_metrics(llama):
     batch = make_batch(llama.config.vocab_size, truncate_first=True)
-    opt = build_optimizer(llama, OptimConfig(lr=1e-3))
+    opt, sched = build_optimizer(llama, OptimConfig(lr=1e-3, warmup_steps=4), total_steps=10)
     before = {n: p.detach().clone() for n, p in llama.named_parameters()}
     calls = []
 
@@ -116,8 +116,9 @@ def test_update_moves_weights_iterations_and_metrics(llama):
         yield SimpleNamespace(aux_loss=None)
 
     algo = AlgoConfig(loss="dapo", num_iterations=2, mask_truncated=True, epsilon_high=0.28)
-    m = policy_update(llama, opt, None, batch, algo, OptimConfig(micro_batch_tokens=64), forward_hook=hook)
+    m = policy_update(llama, opt, sched, batch, algo, OptimConfig(micro_batch_tokens=64), forward_hook=hook)
     assert m["nonfinite"] == 0 and m["iterations"] == 2
+    assert sched.last_epoch == 1 and m["lr"] == pytest.approx(1e-3 / 4)  # one schedule step per trainer step
     assert sum(not torch.equal(p, before[n]) for n, p in llama.named_parameters()) == len(before)
     n_mb = int(m["micro_batches"])
     assert calls == ["old"] * n_mb + ["train"] * 2 * n_mb
@@ -152,7 +153,7 @@ def test_reference_model_kl_and_aux_loss_from_hook(llama):
     batch = make_batch(llama.config.vocab_size)
     ref = make_reference_model(llama)
     assert not any(p.requires_grad for p in ref.parameters())
-    opt = build_optimizer(llama, OptimConfig(lr=1e-3))
+    opt = build_adamw(llama, OptimConfig(lr=1e-3))
 
     class AuxHook:
         def __call__(self, mb, phase):
@@ -179,11 +180,11 @@ def test_reference_model_kl_and_aux_loss_from_hook(llama):
 def test_lora_reference_is_the_base_with_adapters_disabled(tiny_dirs):
     model = load_causal_lm(tiny_dirs["llama"])
     cfg = ModelConfig(lora=LoraConfig(enabled=True, r=4, alpha=8), gradient_checkpointing=True)
-    policy = prepare_policy(model, cfg)
+    policy = prepare_model(model, cfg)
     trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     batch = make_batch(policy.config.vocab_size)
-    opt = build_optimizer(policy, OptimConfig(lr=1e-2))
+    opt = build_adamw(policy, OptimConfig(lr=1e-2))
     m1 = policy_update(policy, opt, None, batch, AlgoConfig(beta=0.1), OptimConfig())
     assert m1["kl"] < 1e-10  # LoRA B starts at 0: policy == base
     m2 = policy_update(policy, opt, None, batch, AlgoConfig(beta=0.1), OptimConfig())
@@ -195,7 +196,7 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tiny_dirs):
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_dirs):
     grads = []
     for gc in (False, True):
-        model = prepare_policy(load_causal_lm(tiny_dirs["mixtral"]), ModelConfig(gradient_checkpointing=gc))
+        model = prepare_model(load_causal_lm(tiny_dirs["mixtral"]), ModelConfig(gradient_checkpointing=gc))
         batch = make_batch(model.config.vocab_size)
         opt = GradRecorder(model)
         policy_update(model, opt, None, batch, AlgoConfig(), OptimConfig(grad_clip=0.0))
