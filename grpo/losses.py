@@ -8,6 +8,7 @@ Every loss takes padded tensors
 and optionally
     ref_logp    [N, T]  reference log-probs for the k3 KL term (coefficient beta)
     is_weights  [N, T]  rollout-mismatch importance weights pi_old / mu_sampler (detached)
+    kl_ratio    multiply the k3 term by the policy ratio (DeepSeek-V3.2 unbiased KL gradient)
     norm        LossNorm: normalisers over the WHOLE batch. With gradient
                 accumulation each micro-batch passes the full batch's norm, so the
                 sum of micro-batch losses (and gradients) equals the full-batch one.
@@ -68,9 +69,11 @@ def clipped_surrogate(
 
 
 def _finish_per_token(
-    pg: Tensor, logp: Tensor, ref_logp: Optional[Tensor], beta: float, is_weights: Optional[Tensor]
+    pg: Tensor, logp: Tensor, ratio: Tensor, ref_logp: Optional[Tensor], beta: float,
+    is_weights: Optional[Tensor], kl_ratio: bool,
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """IS-weight the surrogate, add beta * k3. pg [N, T] or [N, 1] -> ([N, T], kl [N, T] or None)."""
+    """IS-weight the surrogate, add beta * k3 (times the policy ratio if kl_ratio).
+    pg, ratio [N, T] or [N, 1] -> ([N, T], kl [N, T] or None)."""
     if is_weights is not None:
         pg = pg * is_weights
     kl = None
@@ -78,7 +81,8 @@ def _finish_per_token(
         if ref_logp is None:
             raise ValueError("beta != 0 needs ref_logp (reference model log-probs)")
         kl = k3_kl(ref_logp, logp)
-        pg = pg + beta * kl
+        # DeepSeek-V3.2 unbiased KL: (pi_theta / pi_old) * k3; TRL's use_bias_correction_kl (default on there)
+        pg = pg + beta * (kl * ratio if kl_ratio else kl)
     return pg.expand_as(logp), kl
 
 
@@ -109,14 +113,14 @@ def grpo_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: Optional[float] = None,
     ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None,
+    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """GRPO (DeepSeekMath): token-mean within each sequence, then mean over sequences."""
     norm = norm or LossNorm.from_mask(mask)
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # [N, T]
     pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)
-    per_tok, kl = _finish_per_token(pg, logp, ref_logp, beta, is_weights)
+    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)
     loss = _seq_mean_of_token_mean(per_tok, mask, norm.num_sequences)
     return loss, _metrics(mask, ratio, flags, kl)
 
@@ -125,14 +129,14 @@ def dapo_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: Optional[float] = None,
     ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None,
+    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """DAPO: token-level sum over the batch / total loss tokens, clip-higher (eps_high > eps_low)."""
     norm = norm or LossNorm.from_mask(mask)
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # [N, T]
     pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)
-    per_tok, kl = _finish_per_token(pg, logp, ref_logp, beta, is_weights)
+    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)
     loss = (per_tok * mask).sum() / max(norm.num_tokens, 1.0)
     return loss, _metrics(mask, ratio, flags, kl)
 
@@ -141,14 +145,14 @@ def dr_grpo_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
     eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: Optional[float] = None,
     ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None,
+    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """Dr. GRPO: token sum / (num_sequences * max_tokens), a constant: no length bias."""
     norm = norm or LossNorm.from_mask(mask)
     mask = mask.to(logp.dtype)
     ratio = torch.exp(logp - old_logp)  # [N, T]
     pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)
-    per_tok, kl = _finish_per_token(pg, logp, ref_logp, beta, is_weights)
+    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)
     loss = (per_tok * mask).sum() / (norm.num_sequences * norm.max_tokens)
     return loss, _metrics(mask, ratio, flags, kl)
 
@@ -157,7 +161,7 @@ def gspo_loss(
     logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
     eps_low: float = 3e-4, eps_high: float = 4e-4, dual_clip: Optional[float] = None,
     ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None,
+    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
 ) -> tuple[Tensor, dict[str, float]]:
     """GSPO: sequence ratio s_i = exp(mean_t(logp - old_logp)), clipped per sequence, mean over sequences."""
     norm = norm or LossNorm.from_mask(mask)
@@ -165,7 +169,7 @@ def gspo_loss(
     log_s = ((logp - old_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)  # [N, 1]
     ratio = torch.exp(log_s)  # [N, 1]
     pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)  # [N, 1]
-    per_tok, kl = _finish_per_token(pg, logp, ref_logp, beta, is_weights)  # [N, T]
+    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)  # [N, T]
     loss = _seq_mean_of_token_mean(per_tok, mask, norm.num_sequences)
     return loss, _metrics(mask, ratio, flags, kl)
 

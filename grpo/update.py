@@ -151,6 +151,7 @@ def _train_micro_batch(model, mb: PackedMicroBatch, batch: RolloutBatch, plan: U
             logp, old, batch.advantages[idx].to(logp.dtype), mask, eps_low=eps_low, eps_high=eps_high,
             dual_clip=algo.dual_clip, ref_logp=None if inp.ref is None else inp.ref[idx].to(logp.dtype),
             beta=algo.beta, is_weights=is_w, norm=plan.norm,
+            kl_ratio=bool(getattr(algo, "kl_ratio", False)),  # optional config field (TRL's use_bias_correction_kl)
         )
         aux = getattr(h, "aux_loss", None)
         if aux is not None:  # e.g. MoE load balancing, per micro-batch: weight by its token share

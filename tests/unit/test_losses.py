@@ -106,6 +106,13 @@ def test_kl_and_is_weights_enter_per_token():
         exp[i][t] = (w[i][t] * dpg[i][t] + beta * (1 - e(d[i][t]))) / 5
     close(grad, exp)
     assert m["kl"] == pytest.approx(sum(k3[i][t] for i, t in toks) / 5)
+    # kl_ratio (DeepSeek-V3.2 / TRL use_bias_correction_kl): the k3 term is multiplied by the token ratio
+    ratio = [[r00, r01, r02], [r10, r11, 1.0]]
+    loss_r, _, _ = run(
+        dapo_loss, eps_low=0.2, eps_high=0.28, beta=beta, ref_logp=torch.tensor(ref, dtype=torch.float64),
+        is_weights=torch.tensor(w, dtype=torch.float64), kl_ratio=True,
+    )
+    assert loss_r - loss == pytest.approx(sum(beta * k3[i][t] * (ratio[i][t] - 1) for i, t in toks) / 5, abs=1e-12)
     assert float(k3_kl(torch.tensor(0.3), torch.tensor(0.3))) == 0.0
 
 
