@@ -55,7 +55,7 @@ class HFEngine:
         import torch
 
         prompt_ids = encode_prompts(self.tokenizer, prompts, chat=self.chat)
-        check_request(prompt_ids, group_size, sampling.max_tokens, self.max_model_len)
+        check_request(prompt_ids, group_size, sampling.max_tokens, self.max_model_len, sampling.temperature)
         rows = [(i // group_size, prompt_ids[i // group_size]) for i in range(len(prompt_ids) * group_size)]
         seed = call_seed(self.seed, self._calls, sampling.seed)
         self._calls += 1

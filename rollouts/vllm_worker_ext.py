@@ -1,0 +1,18 @@
+"""Worker extension for a vLLM server we talk to (`--worker-extension-cls`).
+
+vLLM mixes this class into its workers; `POST /collective_rpc {"method":
+"grpo_patch"}` then applies, inside the server's engine process, the same two
+fixes the in-process engine applies (vllm_patches.py): pre-truncation logprobs
+and the CPU MoE repack on weight reload.
+"""
+
+from __future__ import annotations
+
+
+class GrpoWorkerExtension:
+    def grpo_patch(self) -> dict:
+        from rollouts.vllm_patches import repack_cpu_experts_on_reload, report_pre_truncation_logprobs
+
+        runner = self.model_runner  # type: ignore[attr-defined]
+        report_pre_truncation_logprobs(runner)
+        return {"patched_moe_layers": repack_cpu_experts_on_reload(runner.model)}
