@@ -28,7 +28,8 @@ from typing import Optional
 
 import torch
 
-NO_ROUTE = -1
+from rollouts.types import NO_ROUTE  # -1: no record, route live
+
 
 
 def expert_load(indices: torch.Tensor, num_experts: int, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -33,8 +33,8 @@ from torch import nn
 
 from grpo.errors import ConfigError, GrpoError
 from grpo.moe.routers import RouterInfo, ScoreKind, gate_weights, moe_routers
+from rollouts.types import NO_ROUTE  # -1: no record, route live
 
-NO_ROUTE = -1  # same sentinel as rollouts.types.NO_ROUTE
 
 
 def _in_backward() -> bool:

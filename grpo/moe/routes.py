@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from grpo.errors import ConfigError
+from rollouts.types import NO_ROUTE  # -1: no record, route live
 
-NO_ROUTE = -1
 ROUTE_DTYPE = np.int16
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from grpo.errors import ConfigError
 from grpo.moe.losses import router_loss_terms
 from grpo.moe.metrics import moe_step_metrics
 from grpo.moe.modes import REPLAY_MODES, routing_pass, trained_kl_key  # noqa: F401 (re-export)
@@ -59,7 +60,7 @@ class MoEStepHook:
     def __init__(self, rr: RoutingReplay, moe_cfg: Any, batch: Any) -> None:
         mode = moe_cfg.routing_replay
         if mode not in REPLAY_MODES:
-            raise ValueError(f"routing_replay={mode!r}")
+            raise ConfigError(f"moe.routing_replay={mode!r}: choose one of {', '.join(REPLAY_MODES)}.")
         self.rr, self.mode, self.batch = rr, mode, batch
         self.aux_coef, self.z_coef = float(moe_cfg.aux_loss_coef), float(moe_cfg.z_loss_coef)
         self._old_routes: dict[int, torch.Tensor] = {}  # id(mb) -> [R*S, L, k] (R2)
