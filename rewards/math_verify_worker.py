@@ -22,7 +22,7 @@ _CONFIG = (LatexExtractionConfig(), ExprExtractionConfig())
 @lru_cache(maxsize=4096)
 def _parse(span: str) -> tuple:
     # The span is already the answer (math_extract found it): present it as one inline formula.
-    return tuple(parse(f"${span}$", list(_CONFIG), parsing_timeout=None))
+    return tuple(parse(f"${span}$", list(_CONFIG), fallback_mode="no_fallback", parsing_timeout=None))
 
 
 def check(item: tuple[str, str]) -> tuple[float | None, str]:

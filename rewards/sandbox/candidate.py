@@ -17,7 +17,10 @@ import sys
 import traceback
 import types
 
-import wire  # the sandbox puts this directory on sys.path
+try:
+    import wire  # inside the sandbox: boot.py put this directory on sys.path
+except ImportError:  # imported from the package (tests, tools)
+    from rewards.sandbox import wire
 
 
 def _load(code: str, name: str) -> dict:

@@ -36,12 +36,12 @@ def blocked_ancestor(path: str) -> str | None:
     return None
 
 
-def plan(expose: list[str], hide: list[str]) -> tuple[list[str], list[str]]:
+def plan(expose: list[str], hide: list[str], tmpfs_dirs: tuple[str, ...] = TMPFS_DIRS) -> tuple[list[str], list[str]]:
     """(directories to cover with an empty tmpfs, exposed directories to bind back under them)."""
     exp = [os.path.realpath(p) for p in expose if os.path.isdir(p)]
     hid = {os.path.realpath(p) for p in hide if os.path.isdir(p)}
     hid |= {a for a in map(blocked_ancestor, exp) if a}
-    hid = {h for h in hid if h != "/" and not any(under(t, h) or under(h, t) for t in TMPFS_DIRS)}
+    hid = {h for h in hid if h != "/" and not any(under(t, h) or under(h, t) for t in tmpfs_dirs)}
     outer = sorted(h for h in hid if not any(h != o and under(h, o) for o in hid))
     rebind = sorted({e for e in exp if any(under(e, h) for h in outer)})
     return outer, rebind

@@ -27,7 +27,10 @@ import socket
 import time
 import traceback
 
-import wire
+try:
+    import wire  # inside the sandbox: boot.py put this directory on sys.path
+except ImportError:  # imported from the package (tests, tools)
+    from rewards.sandbox import wire
 
 _EXIT_EXCEPTIONS = {"SystemExit", "KeyboardInterrupt", "GeneratorExit"}
 
