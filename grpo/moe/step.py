@@ -28,7 +28,7 @@ import torch
 from grpo.errors import ConfigError
 from grpo.moe.losses import router_loss_terms
 from grpo.moe.metrics import moe_step_metrics
-from grpo.moe.modes import REPLAY_MODES, routing_pass, trained_kl_key  # noqa: F401 (re-export)
+from grpo.moe.modes import REPLAY_MODES, routing_pass
 from grpo.moe.replay import NO_ROUTE, RouterCapture, RoutingReplay
 
 

@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from grpo.errors import ConfigError
 from grpo.models.loader import load_causal_lm, resolve_model
-from grpo.moe import NO_ROUTE, RoutingReplay, moe_layer_indices, moe_layers, moe_routers
+from grpo.moe import NO_ROUTE, RoutingReplay, moe_layer_indices, moe_layers
 
 _SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2)
