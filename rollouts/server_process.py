@@ -26,8 +26,10 @@ from rollouts.http import request_json
 
 # The worker extension adds `grpo_patch` (vllm_worker_ext.py) to the server's workers.
 WORKER_EXTENSION = "rollouts.vllm_worker_ext.GrpoWorkerExtension"
-_EXC_LINE = re.compile(r"^\s*(?:\S+ )?(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt))\b:?\s*(.*)$")
-_WRAPPERS = ("See root cause above", "Engine core initialization failed", "EngineCore failed to start")
+# "ValueError: ..." anywhere in a line (vLLM prefixes "(EngineCore pid=2) ERROR ... [core.py:1] ").
+_EXC_LINE = re.compile(r"(?:^|[\s\]])((?:\w+\.)*[A-Z]\w*(?:Error|Exception|Interrupt)): (.+)$")
+_CODE_LINE = re.compile(r'(?:^|\] )\s*(?:raise\s|File ")')  # traceback source lines, not messages
+_WRAPPERS = ("See root cause above", "check the stack trace above", "Engine core initialization failed", "EngineCore failed to start")
 
 
 @dataclass
@@ -108,11 +110,11 @@ def root_cause(log_text: str) -> str:
     """The most specific error in a vLLM log: the last exception line that is not a
     generic wrapper ("Engine core initialization failed. See root cause above")."""
     lines = [ln.rstrip() for ln in log_text.splitlines() if ln.strip()]
-    hits = [i for i, ln in enumerate(lines) if _EXC_LINE.match(ln) and not ln.lstrip().startswith(("File ", "raise "))]
+    hits = [i for i, ln in enumerate(lines) if _EXC_LINE.search(ln) and not _CODE_LINE.search(ln)]
     specific = [i for i in hits if not any(w in lines[i] for w in _WRAPPERS)]
     if not specific:
         tail = lines[-3:]
         return " | ".join(tail) if tail else "no output (see the log)"
     i = specific[-1]
-    m = _EXC_LINE.match(lines[i])
+    m = _EXC_LINE.search(lines[i])
     return f"{m.group(1)}: {m.group(2)}".strip().rstrip(":")[:600]
