@@ -14,6 +14,7 @@ from grpo.models.loader import load_causal_lm, resolve_model
 from grpo.moe import NO_ROUTE, RoutingReplay, moe_routers
 
 ARCHS = ("mixtral", "qwen3_moe", "deepseek_v3")
+ALL_ARCHS = ARCHS + ("qwen2_moe",)  # shared expert + sigmoid shared gate
 
 
 def _load(arch: str, router_scale: float = 0.1):
@@ -47,7 +48,7 @@ def _ids(b: int = 4, t: int = 32, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def models():
-    return {arch: _load(arch) for arch in ARCHS}
+    return {arch: _load(arch) for arch in ALL_ARCHS}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -98,7 +99,7 @@ def test_deepseek_selection_only_mismatch_is_removed_exactly(models):
     torch.testing.assert_close(lp_replay, lp_sampler, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", ALL_ARCHS)
 def test_experts_receive_exactly_the_replayed_indices(models, arch):
     """An independent pre-hook on the experts modules sees the given (token, layer) choices;
     NO_ROUTE rows get the router's own live choice."""
