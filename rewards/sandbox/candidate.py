@@ -29,11 +29,15 @@ def _load(code: str, name: str) -> dict:
     return ns
 
 
-def _describe(exc: BaseException) -> str:
+def _message(exc: BaseException) -> str:
     try:
-        return f"{type(exc).__name__}: {exc}"[:2000]
+        return str(exc)[:2000]
     except BaseException:  # a hostile __str__
-        return type(exc).__name__
+        return ""
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_message(exc)}"
 
 
 def serve(sock_fd: int, code: str) -> None:
@@ -58,7 +62,7 @@ def serve(sock_fd: int, code: str) -> None:
         except wire.WireError as e:
             reply = ["bad_value", str(e)]
         except BaseException as e:  # the candidate raised (or tried to exit): the judge decides what it means
-            reply = ["exc", type(e).__name__, _describe(e)]
+            reply = ["exc", type(e).__name__, _message(e)]
         wire.send_frame(sock, reply)
 
 

@@ -10,6 +10,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
+from rewards.sandbox.judge import TIME_LIMIT
 from rewards.sandbox.launcher import Launcher, Sink, SlotIdentity, pump
 
 GRACE_S = 1.0  # the judge's own clock stops first and reports; the hard kill comes this much later
@@ -123,15 +124,17 @@ def run_judged(launcher: Launcher, cand: SlotIdentity, judge: SlotIdentity, code
     for kind, detail in results.events:
         if kind == "harness_error":
             return TestOutcome(passed, total, "error", "the tests themselves failed to run: " + detail, took)
+        if detail == TIME_LIMIT:  # still importing (or looping at import) when time ran out
+            return TestOutcome(0, total, "timeout", f"time limit of {limits.timeout_s:g} s reached", took)
         return TestOutcome(0, total, "load_error", detail, took)
     harness = [d for kind, d in results.cases.values() if kind == "harness"]
     if harness:
         return TestOutcome(passed, total, "error", harness[0], took)
     fails = [d for kind, d in results.cases.values() if kind == "fail"]
+    if not finished or TIME_LIMIT in fails:
+        return TestOutcome(passed, total, "timeout", f"time limit of {limits.timeout_s:g} s reached", took)
     if results.done:
         return TestOutcome(passed, total, "ok", fails[0] if fails else "", took)
-    if not finished or any("time limit" in d for d in fails):
-        return TestOutcome(passed, total, "timeout", f"time limit of {limits.timeout_s:g} s reached", took)
     return TestOutcome(passed, total, "ok", "the judge stopped early: " + (err.text()[-500:] or "killed"), took)
 
 

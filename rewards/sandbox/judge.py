@@ -33,6 +33,7 @@ except ImportError:  # imported from the package (tests, tools)
     from rewards.sandbox import wire
 
 _EXIT_EXCEPTIONS = {"SystemExit", "KeyboardInterrupt", "GeneratorExit"}
+TIME_LIMIT = "time limit reached while waiting for the candidate"
 
 
 class Broken(BaseException):
@@ -85,7 +86,7 @@ class Remote:
                 wire.send_frame(self.sock, request)
             return self._recv()
         except socket.timeout:
-            raise self._fail("time limit reached while waiting for the candidate") from None
+            raise self._fail(TIME_LIMIT) from None
         except (EOFError, ConnectionError, BrokenPipeError):
             raise self._fail("the candidate process exited or closed the connection") from None
         except (wire.WireError, UnicodeDecodeError, OSError) as e:

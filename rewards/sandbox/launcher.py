@@ -139,9 +139,11 @@ class Launcher:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if proc.poll() is None:
+        try:  # let the launcher reap the namespace's first process (else it is left as a zombie of ours)
+            proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
             proc.kill()
-        proc.wait()
+            proc.wait()
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
