@@ -148,6 +148,10 @@ class MoEConfig:
     z_loss_coef: float = doc("router z-loss coefficient", 0.0)
     freeze_router: bool = doc("do not train the router weights", False)
     router_fp32: bool = doc("compute router logits in float32", True)
+    kl_diag_every: int = doc(
+        "every N steps, measure train-vs-rollout KL with and without replay (two extra no-grad forwards); 0 = off",
+        1,
+    )
     kl_guard_threshold: Optional[float] = doc("warn when train-vs-rollout KL exceeds this; null = off", None)
     kl_guard_action: Literal["warn", "stop"] = doc("what to do when the KL guard trips", "warn")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ def load_run_data(cfg: RunConfig) -> TaskData:
         if options and not any(all(c in cols for c in opt) for opt in options):
             raise DataError(f"reward {fn.name} needs columns {' or '.join(map(str, options))}; the data has "
                             f"{sorted(task.train.column_names)}")
-    del needed
     return task
 
 
@@ -96,7 +95,7 @@ class RunState:
     is_main: bool = True
     nonfinite_streak: int = 0
     moe: Any = None
-    extras: dict = field(default_factory=dict)
+    owns_engine: bool = True
 
     @property
     def temperature(self) -> float:
@@ -105,13 +104,14 @@ class RunState:
 
     @property
     def wants_routing(self) -> bool:
+        # r3 replays the engine's routes, so it implies recording them.
         return self.cfg.moe.routing_replay == "r3" or self.cfg.rollout.return_routing
 
-    def forward_hook(self, batch):
-        return self.moe.forward_hook(batch) if self.moe is not None else None
+    def forward_hook(self, batch, step: int):
+        return self.moe.forward_hook(batch, step) if self.moe is not None else None
 
-    def moe_metrics(self, batch, metrics: dict) -> dict:
-        return self.moe.step_metrics(batch, metrics) if self.moe is not None else {}
+    def moe_metrics(self, step: int) -> dict:
+        return self.moe.step_metrics(step) if self.moe is not None else {}
 
     def count_nonfinite(self, metrics: dict) -> None:
         if metrics.get("nonfinite", 0):
@@ -132,7 +132,7 @@ class RunState:
         return {"sampler": self.sampler.state(), "nonfinite_streak": self.nonfinite_streak}
 
     def close(self) -> None:
-        for obj in (self.engine, self.scorer):
+        for obj in (self.engine if self.owns_engine else None, self.scorer):
             if obj is None:
                 continue
             try:
@@ -150,8 +150,8 @@ def build_policy(state: RunState) -> None:
     state.model_dir = resolve_model(cfg.model.name)
     state.tokenizer = load_tokenizer(state.model_dir)
     policy = load_causal_lm(state.model_dir, cfg.model.dtype)
-    state.moe = _moe_controller(policy, cfg)
     state.policy = prepare_model(policy, cfg.model)
+    state.moe = _moe_controller(state.policy, state)
     if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
         state.ref_model = make_reference_model(state.policy)
     state.optimizer, state.scheduler = build_optimizer(state.policy, cfg.optim, cfg.train.steps)
@@ -160,10 +160,17 @@ def build_policy(state: RunState) -> None:
                                   if "difficulty" in state.task.train.column_names else None)
 
 
-def _moe_controller(policy, cfg: RunConfig):
-    from grpo.moe.trainer_hooks import MoEController, is_moe
+def _moe_controller(policy, state: RunState):
+    from grpo.moe_controller import MoEController, is_moe
 
-    return MoEController(policy, cfg.moe) if is_moe(policy) else None
+    cfg = state.cfg
+    if not is_moe(policy, needs_hooks=cfg.moe.routing_replay != "none"):
+        if cfg.moe.routing_replay != "none":
+            raise GrpoError(f"moe.routing_replay={cfg.moe.routing_replay} needs an MoE policy; "
+                            f"{cfg.model.name} is dense. Set moe.routing_replay=none.")
+        return None
+    return MoEController(policy, cfg.moe, state.wants_routing, state.temperature,
+                         cfg.optim.micro_batch_tokens, cfg.optim.logprob_chunk)
 
 
 def check_context(state: RunState) -> None:
@@ -201,12 +208,28 @@ def maybe_resume(state: RunState) -> int:
     return int(saved["step"])
 
 
-def build_engine(state: RunState) -> None:
+def build_engine(state: RunState, engine=None) -> None:
     from rollouts import make_engine
 
     r, cfg = state.cfg.rollout, state.cfg
+    if engine is not None:
+        state.engine, state.owns_engine = engine, False
+        state.sync_weights()  # the engine may hold another run's weights
+        return
     n_seqs = max(cfg.train.prompts_per_step * r.group_size, 8)
     state.engine = make_engine(r.engine, state.model_dir, max_model_len=r.max_model_len, max_num_seqs=n_seqs,
                                seed=cfg.train.seed, kv_cache_gb=r.kv_cache_gb, server_url=r.server_url)
     if state.cfg.train.resume:  # the engine loaded the base weights: push the resumed ones
         state.sync_weights()
+    _restore_torch_threads()
+
+
+def _restore_torch_threads() -> None:
+    """vLLM's CPU worker drops torch to 1 thread for serving; the colocated trainer wants them all."""
+    import os
+
+    import torch
+
+    wanted = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)

@@ -68,7 +68,8 @@ def train_step(state: RunState, step: int) -> dict:
 
         prompt_ids, completions, scores, ds_metrics = refill_zero_variance_groups(
             prompt_ids, completions, scores, G, cfg.algo.dynamic_sampling_max_rounds, draw)
-    advantages = compute_advantages(scores, G, cfg.algo.advantage)  # [B*G]
+    group_ids = [c.prompt_index for c in completions]
+    advantages = compute_advantages(scores, group_ids, cfg.algo.advantage)  # [B*G]
     for b, pid in enumerate(prompt_ids):
         state.sampler.record(pid, float((scores[b * G:(b + 1) * G] >= 1.0).float().mean()))
 
@@ -76,7 +77,8 @@ def train_step(state: RunState, step: int) -> dict:
     t0 = time.perf_counter()
     metrics = policy_update(state.policy, state.optimizer, state.scheduler, batch, cfg.algo, cfg.optim,
                             ref_model=state.ref_model, temperature=state.temperature,
-                            forward_hook=state.forward_hook(batch))
+                            forward_hook=state.forward_hook(batch, step), max_tokens=cfg.rollout.max_tokens,
+                            force_old_pass=cfg.moe.routing_replay == "r2")
     t_train = time.perf_counter() - t0
     state.count_nonfinite(metrics)
 
@@ -88,13 +90,13 @@ def train_step(state: RunState, step: int) -> dict:
     metrics.update(ds_metrics)
     metrics.update({
         "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
-        "reward/frac_zero_var_groups": float(zero_variance_groups(scores, G).float().mean()),
+        "reward/frac_zero_var_groups": float(zero_variance_groups(scores, group_ids).float().mean()),
         "completion/mean_tokens": sum(len(c.completion_ids) for c in completions) / len(completions),
         "completion/frac_truncated": sum(c.truncated for c in completions) / len(completions),
         "time/generate": t_gen, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,
         "lr": state.scheduler.get_last_lr()[0],
     })
-    metrics.update(state.moe_metrics(batch, metrics))
+    metrics.update(state.moe_metrics(step))
     return metrics
 
 
@@ -110,8 +112,12 @@ def run_eval(state: RunState, step: int, label: str) -> dict:
     return res.row()
 
 
-def main(cfg: RunConfig) -> dict:
-    """Run GRPO as configured; return a summary (before/after eval, final checkpoint)."""
+def main(cfg: RunConfig, engine=None) -> dict:
+    """Run GRPO as configured; return a summary (before/after eval, final checkpoint).
+
+    engine: an already running generation engine for this model (e.g. shared by
+    several runs or tests); it is used as is and not shut down at the end.
+    """
     from tqdm import tqdm
 
     from grpo.checkpoint import save_checkpoint
@@ -127,7 +133,7 @@ def main(cfg: RunConfig) -> dict:
         build_policy(state)
         check_context(state)
         start = maybe_resume(state)
-        build_engine(state)
+        build_engine(state, engine)
         sink = MetricsSink(run_dir, cfg.train.tensorboard, cfg.train.wandb, to_dict(cfg),
                            enabled=state.is_main, append=start > 0)
         summary: dict = {"run_dir": str(run_dir), "data": task.description}
@@ -142,7 +148,7 @@ def main(cfg: RunConfig) -> dict:
                 metrics.update(run_eval(state, step + 1, f"step {step + 1}"))
             sink.log(step + 1, metrics)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('loss', math.nan):.4f}",
-                            kl_rollout=f"{metrics.get('mismatch/kl', math.nan):.1e}")
+                            kl_rollout=f"{metrics.get('rollout_kl_k3', math.nan):.1e}")
             if state.is_main and cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
                 save_checkpoint(run_dir, step + 1, state.policy, state.tokenizer, state.optimizer,
                                 state.scheduler, state.extra_state(), cfg.train.keep_checkpoints)

@@ -72,12 +72,15 @@ def tiny_config(arch: TinyArch, vocab_size: int):
     if arch == "deepseek_v3":
         # MLA attention, sigmoid router with bias, group-limited top-k, a shared
         # expert; first layer dense like the real model's `first_k_dense_replace`.
-        dims = {k: v for k, v in d.items() if k not in ("head_dim", "num_hidden_layers")}
+        # num_key_value_heads = num_attention_heads: MLA has no GQA, and a smaller
+        # value breaks transformers' 4D-mask path (packing) for this architecture.
+        dims = {k: v for k, v in d.items() if k not in ("head_dim", "num_hidden_layers", "num_key_value_heads")}
         return AutoConfig.for_model(
             "deepseek_v3", intermediate_size=256, moe_intermediate_size=64, n_routed_experts=8,
             n_shared_experts=1, num_experts_per_tok=2, n_group=2, topk_group=1, first_k_dense_replace=1,
             num_hidden_layers=3, kv_lora_rank=32, q_lora_rank=48, qk_rope_head_dim=16, qk_nope_head_dim=16,
-            v_head_dim=32, routed_scaling_factor=1.0, norm_topk_prob=True, **dims,
+            v_head_dim=32, routed_scaling_factor=1.0, norm_topk_prob=True,
+            num_key_value_heads=d["num_attention_heads"], **dims,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
 
@@ -104,7 +107,7 @@ def build_tiny_model(arch: TinyArch, out_dir: str | Path, seed: int = 0) -> Path
 
 def tiny_model_dir(arch: TinyArch, seed: int = 0) -> Path:
     """Cached tiny model folder (built once per arch/seed/definition)."""
-    key = hashlib.sha1(json.dumps([arch, seed, _DIMS, CHAT_TEMPLATE, 2], sort_keys=True).encode()).hexdigest()[:8]
+    key = hashlib.sha1(json.dumps([arch, seed, _DIMS, CHAT_TEMPLATE, 3], sort_keys=True).encode()).hexdigest()[:8]
     final = cache_dir() / "tiny" / f"{arch}-s{seed}-{key}"
     if (final / "config.json").is_file():
         return final
