@@ -56,6 +56,9 @@ class DataConfig:
     eval_size: int = doc("number of held-out prompts (disjoint from training)", 200)
     seed: int = doc("seed of the data generators and the shuffle", 0)
     generator_kwargs: dict[str, Any] = doc("extra keyword arguments for the generator", factory=dict)
+    drop_long_prompts: bool = doc(
+        "drop (and count) prompts that do not fit rollout.max_model_len - max_tokens instead of stopping", False
+    )
     curriculum: Literal["none", "difficulty", "pass_rate"] = doc(
         "order prompts by generator difficulty, or re-weight by running pass rate", "none"
     )

@@ -144,7 +144,6 @@ class RunState:
 def build_policy(state: RunState) -> None:
     from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
     from grpo.optim import build_optimizer, make_reference_model, prepare_model
-    from grpo.sampler import PromptSampler
 
     cfg = state.cfg
     state.model_dir = resolve_model(cfg.model.name)
@@ -155,9 +154,14 @@ def build_policy(state: RunState) -> None:
     if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
         state.ref_model = make_reference_model(state.policy)
     state.optimizer, state.scheduler = build_optimizer(state.policy, cfg.optim, cfg.train.steps)
-    state.sampler = PromptSampler(len(state.task.train), seed=cfg.data.seed, curriculum=cfg.data.curriculum,
-                                  difficulty=state.task.train["difficulty"]
-                                  if "difficulty" in state.task.train.column_names else None)
+
+
+def build_sampler(state: RunState) -> None:
+    from grpo.sampler import PromptSampler
+
+    cfg, train = state.cfg, state.task.train
+    state.sampler = PromptSampler(len(train), seed=cfg.data.seed, curriculum=cfg.data.curriculum,
+                                  difficulty=train["difficulty"] if "difficulty" in train.column_names else None)
 
 
 def _moe_controller(policy, state: RunState):
@@ -182,14 +186,22 @@ def check_context(state: RunState) -> None:
     model_max = getattr(state.policy.config, "max_position_embeddings", None)
     if model_max is not None and r.max_model_len > model_max:
         raise DataError(f"rollout.max_model_len={r.max_model_len} exceeds the model's context ({model_max}).")
-    for name, ds in (("train", state.task.train), ("held-out", state.task.eval)):
+    for split in ("train", "eval"):
+        ds = getattr(state.task, split)
         lengths = [len(ids) for ids in encode_prompts(state.tokenizer, ds["prompt"])]
-        worst = max(range(len(lengths)), key=lengths.__getitem__)
-        if lengths[worst] > limit:
+        too_long = [i for i, n in enumerate(lengths) if n > limit]
+        if not too_long:
+            continue
+        worst = max(too_long, key=lengths.__getitem__)
+        if not state.cfg.data.drop_long_prompts or len(too_long) == len(lengths):
             raise DataError(
-                f"{name} prompt #{worst} has {lengths[worst]} tokens; with rollout.max_tokens={r.max_tokens} it "
-                f"does not fit rollout.max_model_len={r.max_model_len}. Raise max_model_len or shorten prompts."
+                f"{split} prompt #{worst} has {lengths[worst]} tokens ({len(too_long)} of {len(lengths)} prompts too "
+                f"long); with rollout.max_tokens={r.max_tokens} it does not fit rollout.max_model_len="
+                f"{r.max_model_len}. Raise max_model_len, shorten prompts, or set data.drop_long_prompts=true."
             )
+        log.warning("dropping %d of %d %s prompts longer than %d tokens", len(too_long), len(lengths), split, limit)
+        keep = sorted(set(range(len(lengths))) - set(too_long))
+        setattr(state.task, split, ds.select(keep))
 
 
 def maybe_resume(state: RunState) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from grpo.config import RunConfig
 from grpo.config_io import to_dict
 from grpo.errors import GrpoError
-from grpo.run_setup import (RunState, build_engine, build_policy, build_scorer, check_context,
+from grpo.run_setup import (RunState, build_engine, build_policy, build_sampler, build_scorer, check_context,
                             load_run_data, maybe_resume, prompt_texts, reward_columns, run_dir_for,
                             sampling_config, seed_everything)
 
@@ -132,6 +132,7 @@ def main(cfg: RunConfig, engine=None) -> dict:
     try:
         build_policy(state)
         check_context(state)
+        build_sampler(state)
         start = maybe_resume(state)
         build_engine(state, engine)
         sink = MetricsSink(run_dir, cfg.train.tensorboard, cfg.train.wandb, to_dict(cfg),
