@@ -4,8 +4,10 @@ Any `AutoModelForSequenceClassification` checkpoint (local folder or hub id)
 works, with its own tokenizer. Inputs are formatted the way TRL's
 RewardTrainer trained it: the tokenizer's chat template on
 [user: prompt, assistant: completion] when it has one ("chat"), else
-prompt + completion + eos_token as plain text ("concat"). Long inputs are cut
-from the left, so the end of the completion is always seen.
+prompt + completion + eos_token as plain text ("concat"; `separator`, a newline by
+default, goes between them unless the prompt already ends in whitespace: a
+prompt "Calculate 4 + 1." followed by "5" must not read "1.5"). Long inputs are
+cut from the left, so the end of the completion is always seen.
 
 Scored in batches sorted by length (little padding), under inference_mode, on
 `device`. Optional normalisation: "batch" (z-score within the call; also
@@ -32,7 +34,7 @@ class RewardModel:
 
     def __init__(self, model: str, tokenizer: str | None = None, device: str = "cpu", batch_size: int = 32,
                  max_length: int = 512, normalize: bool | str = False, template: str = "auto",
-                 dtype: str = "float32", label_index: int = 0) -> None:
+                 dtype: str = "float32", label_index: int = 0, separator: str = "\n") -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -59,6 +61,7 @@ class RewardModel:
         if template == "chat" and not getattr(self.tok, "chat_template", None):
             raise RewardError("reward_model: template='chat' but the tokenizer has no chat template")
         self.batch_size, self.max_length, self.label_index = batch_size, max_length, label_index
+        self.separator = separator
         self._count, self._mean, self._m2 = 0, 0.0, 0.0  # running statistics (Welford)
         self.__name__ = "reward_model"
 
@@ -66,7 +69,8 @@ class RewardModel:
         if self.use_chat:
             return self.tok.apply_chat_template(
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], tokenize=False)
-        text = prompt + completion
+        sep = "" if not prompt or prompt[-1].isspace() or completion[:1].isspace() else self.separator
+        text = prompt + sep + completion
         eos = self.tok.eos_token
         return text + eos if eos and not text.endswith(eos) else text
 

@@ -64,10 +64,15 @@ def resolve_backend(backend: str) -> str:
 
 
 def python_dirs() -> tuple[list[str], list[str]]:
-    """(directories the sandboxed interpreter must read, site-packages to put on its sys.path)."""
+    """(directories the sandboxed interpreter must see, site-packages to put on its sys.path).
+
+    The installation prefixes (interpreter, stdlib, the venv and its packages) and this
+    package's sandbox modules: they stay visible, read-only, even under a hidden directory."""
     paths = sysconfig.get_paths()
     site = list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
-    return list(dict.fromkeys([paths["stdlib"], paths["platstdlib"], *site])), site
+    keep = [sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)), paths["stdlib"],
+            paths["platstdlib"], *site, os.path.dirname(BOOT)]
+    return list(dict.fromkeys(keep)), site
 
 
 @dataclass
@@ -90,7 +95,7 @@ class Launcher:
         self.expose, site = python_dirs()
         self.extra_sys_path = site if self.site_packages else []
 
-    def _prefix(self) -> list[str]:
+    def _prefix(self, who: SlotIdentity) -> list[str]:
         if self.backend == "unshare":
             return ["unshare", "--mount", "--net", "--pid", "--ipc", "--uts", "--cgroup", "--fork",
                     "--kill-child", "--mount-proc", "--propagation", "private", "--"]
@@ -102,8 +107,18 @@ class Launcher:
             args += ["--size", size, "--perms", "1777", "--tmpfs", d]
         for h in hide:
             args += ["--size", str(1 << 20), "--tmpfs", h]
-        for e in rebind:
+        made: set[str] = set()
+        for e in rebind:  # bwrap would create the way down to a rebound directory as 0700: make it 0755
+            root = next(h for h in hide if e.startswith(h.rstrip("/") + "/"))
+            parts = e[len(root):].strip("/").split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = root.rstrip("/") + "/" + "/".join(parts[:i])
+                if d not in made:
+                    made.add(d)
+                    args += ["--perms", "0755", "--dir", d]
             args += ["--ro-bind", e, e]
+        for cg in who.cgroups.paths if who.cgroups else []:  # writable, so boot.py can join them
+            args += ["--bind", cg, cg]
         return args + ["--"]
 
     def spawn(self, role: str, who: SlotIdentity, payload: dict, fds: dict[str, int],
@@ -117,7 +132,7 @@ class Launcher:
             "setup_mounts": self.backend == "unshare", "expose": self.expose, "hide": self.hide,
             "tmpfs_mb": self.limits.tmpfs_mb, "extra_sys_path": self.extra_sys_path,
         }
-        cmd = self._prefix() + [self.python, "-I", "-S", "-B", BOOT, json.dumps(cfg)]
+        cmd = self._prefix(who) + [self.python, "-I", "-S", "-B", BOOT, json.dumps(cfg)]
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
                                     pass_fds=(r, *fds.values()), env=SANDBOX_ENV, cwd="/", start_new_session=True)

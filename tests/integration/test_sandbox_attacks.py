@@ -123,9 +123,12 @@ def monkeypatch_module():
     mp.undo()
 
 
-@pytest.fixture(scope="module")
-def reward(host):
-    ct = CodeTests(timeout_s=TIMEOUT_S, memory_mb=256, max_processes=16, num_workers=1,
+@pytest.fixture(scope="module", params=["unshare", "bwrap"])
+def reward(host, request):
+    """The reward under attack, once per sandbox backend (bwrap: when installed)."""
+    if shutil.which(request.param) is None:
+        pytest.skip(f"{request.param} is not installed")
+    ct = CodeTests(timeout_s=TIMEOUT_S, memory_mb=256, max_processes=16, num_workers=1, backend=request.param,
                    limits={"max_file_mb": 4, "tmpfs_mb": 16, "max_output_bytes": 1 << 16})
     for uid in ct.sandbox.uids:  # processes of the sandbox uids on the host: kill(-1) must not reach them
         host.canaries.append(subprocess.Popen(
