@@ -61,8 +61,10 @@ def _parser(with_field_docs: bool) -> argparse.ArgumentParser:
 
 
 def _cmd_train(args) -> int:
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides, args.config = [args.config, *args.overrides], None  # overrides only, no YAML
     if args.num_processes > 1:
-        from grpo.launch import launch_torchrun
+        from grpo.distributed import launch_torchrun
 
         return launch_torchrun(args.num_processes, [args.config or "", *args.overrides])
     from grpo.config_io import load_config

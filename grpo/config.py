@@ -79,6 +79,11 @@ class RolloutConfig:
     server_url: Optional[str] = doc("URL of an existing vLLM server (engine=vllm_server)", None)
     kv_cache_gb: Optional[float] = doc("KV-cache size in GiB; default: sized from the run's needs", None)
     return_routing: bool = doc("record the experts routed per token (MoE policies)", False)
+    seed_per_prompt: bool = doc(
+        "sample each prompt's group in its own call, seeded by (seed, step, prompt): completions then do "
+        "not depend on batch composition or the number of processes (slower: no batching across prompts)",
+        False,
+    )
 
 
 @dataclass

@@ -182,8 +182,6 @@ def validate(cfg: RunConfig) -> None:
     for i, fn in enumerate(cfg.rewards.functions):
         if not fn.name:
             raise ConfigError(f"rewards.functions[{i}].name is empty")
-    if r.engine == "vllm_server" and r.server_url is None:
-        pass  # the recipe starts a loopback server itself
 
 
 def to_dict(cfg: Any) -> dict:

@@ -32,6 +32,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_parallel_config(cfg: RunConfig, dist) -> None:
+    from grpo.errors import ConfigError
+
+    if not dist.enabled:
+        return
+    if cfg.train.prompts_per_step % dist.world:
+        raise ConfigError(f"train.prompts_per_step={cfg.train.prompts_per_step} must be a multiple of the "
+                          f"number of processes ({dist.world}): each rank trains whole groups.")
+    if cfg.algo.dynamic_sampling:
+        raise ConfigError("algo.dynamic_sampling is not supported with several processes yet; run it in one.")
+
+
 def run_dir_for(cfg: RunConfig) -> Path:
     return Path(cfg.train.output_dir) / cfg.train.run_name
 
@@ -71,11 +83,14 @@ def reward_columns(cfg: RunConfig, rows: list[dict], completions) -> dict[str, l
     return cols
 
 
-def sampling_config(cfg: RunConfig, step: int) -> SamplingConfig:
+def sampling_config(cfg: RunConfig, step: int, prompt_id: int | None = None) -> SamplingConfig:
     r = cfg.rollout
-    # One seed per step: a resumed run samples exactly what the uninterrupted run would.
+    # One seed per step (and prompt): a resumed run samples exactly what the uninterrupted run would.
+    seed = cfg.train.seed * 100_003 + step
+    if prompt_id is not None:
+        seed = seed * 1_000_003 + prompt_id
     return SamplingConfig(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=r.max_tokens,
-                          stop=tuple(r.stop), seed=cfg.train.seed * 100_003 + step)
+                          stop=tuple(r.stop), seed=seed)
 
 
 @dataclass
@@ -92,10 +107,20 @@ class RunState:
     scheduler: Any = None
     engine: Any = None
     sampler: Any = None
-    is_main: bool = True
+    dist: Any = None  # grpo.distributed.Dist
     nonfinite_streak: int = 0
     moe: Any = None
     owns_engine: bool = True
+    last_advantages: Any = None  # [N] advantages of the global batch of the last step
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
+    @property
+    def shared_server(self) -> bool:
+        """All ranks generate through one server: only rank 0 pushes weights."""
+        return self.cfg.rollout.engine == "vllm_server"
 
     @property
     def temperature(self) -> float:
@@ -126,7 +151,10 @@ class RunState:
     def sync_weights(self) -> None:
         from grpo.weights import policy_weights_for_engine
 
-        self.engine.update_weights(policy_weights_for_engine(self.policy))
+        if self.is_main or not self.shared_server:
+            self.engine.update_weights(policy_weights_for_engine(self.policy))
+        if self.dist is not None:
+            self.dist.barrier()  # nobody samples from a shared server before the push is done
 
     def extra_state(self) -> dict:
         return {"sampler": self.sampler.state(), "nonfinite_streak": self.nonfinite_streak}
@@ -229,8 +257,16 @@ def build_engine(state: RunState, engine=None) -> None:
         state.sync_weights()  # the engine may hold another run's weights
         return
     n_seqs = max(cfg.train.prompts_per_step * r.group_size, 8)
-    state.engine = make_engine(r.engine, state.model_dir, max_model_len=r.max_model_len, max_num_seqs=n_seqs,
-                               seed=cfg.train.seed, kv_cache_gb=r.kv_cache_gb, server_url=r.server_url)
+    opts = dict(max_model_len=r.max_model_len, max_num_seqs=n_seqs, seed=cfg.train.seed, kv_cache_gb=r.kv_cache_gb)
+    dist = state.dist
+    if r.engine == "vllm_server" and r.server_url is None and dist is not None and dist.enabled:
+        # One shared server for all ranks: rank 0 starts it, the others connect to its URL.
+        state.engine = make_engine(r.engine, state.model_dir, **opts) if dist.is_main else None
+        url = dist.gather(state.engine.url if dist.is_main else None)[0]
+        if not dist.is_main:
+            state.engine = make_engine(r.engine, state.model_dir, server_url=url, **opts)
+    else:
+        state.engine = make_engine(r.engine, state.model_dir, server_url=r.server_url, **opts)
     if state.cfg.train.resume:  # the engine loaded the base weights: push the resumed ones
         state.sync_weights()
     _restore_torch_threads()

@@ -180,9 +180,15 @@ def accumulate_gradients(model, batch: RolloutBatch, plan: UpdatePlan, algo: Alg
     return total
 
 
-def _step(model, optimizer, grad_clip: float, loss_finite: bool) -> tuple[float, bool]:
-    """Clip and step unless the loss or the gradient norm is non-finite. Returns (grad norm, stepped)."""
+def _step(model, optimizer, grad_clip: float, loss_finite: bool, dist=None) -> tuple[float, bool]:
+    """Clip and step unless the loss or the gradient norm is non-finite. Returns (grad norm, stepped).
+    With `dist` (data parallel), gradients are summed over ranks first and every rank agrees on
+    whether the step is taken."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if dist is not None and dist.enabled:
+        loss_finite = dist.sum_floats([0.0 if loss_finite else 1.0])[0] == 0.0
+        if loss_finite:
+            dist.all_reduce_grads(params)
     grad_norm = float("nan")
     if loss_finite:
         max_norm = grad_clip if grad_clip > 0 else float("inf")
@@ -211,7 +217,7 @@ def _token_counts(batch: RolloutBatch, plan: UpdatePlan) -> dict[str, float]:
 def policy_update(
     model, optimizer, scheduler, batch: RolloutBatch, algo_cfg: AlgoConfig, optim_cfg: OptimConfig,
     ref_model=None, temperature: float = 1.0, forward_hook: Optional[ForwardHook] = None, *,
-    max_tokens: Optional[int] = None, force_old_pass: bool = False,
+    max_tokens: Optional[int] = None, force_old_pass: bool = False, dist=None,
 ) -> dict[str, float]:
     """One GRPO update on `batch` (num_iterations optimiser steps, one scheduler step). Returns metrics.
 
@@ -219,6 +225,9 @@ def policy_update(
     max_tokens: rollout.max_tokens, Dr. GRPO's constant (algo_cfg.dr_grpo_normalizer overrides it).
     force_old_pass: run the no-grad "old" pass even when num_iterations == 1 (e.g. R2 routing
     replay records the old routing there).
+    dist: a grpo.distributed.Dist for data parallelism: `batch` is this rank's share of the
+    global batch; loss normalisers are global and gradients are summed over ranks, so the
+    update equals the single-process update on the global batch.
     metrics["nonfinite"] == 1: a NaN/Inf loss or gradient norm; grads were zeroed and no step was
     taken (the caller counts consecutive ones against optim.max_nonfinite_steps).
     """
@@ -227,7 +236,11 @@ def policy_update(
     temp = algo.temperature if algo.temperature is not None else temperature
     plan = plan_update(batch, algo, optim_cfg, max_tokens=max_tokens)
     out: dict[str, float] = {**_token_counts(batch, plan), "nonfinite": 0.0}
-    if not plan.micro_batches:  # nothing carries gradient: no step (an AdamW step would still move weights)
+    n_forwarded = float(len(plan.micro_batches))
+    if dist is not None and dist.enabled:
+        seqs, toks, n_forwarded = dist.sum_floats([plan.norm.num_sequences, plan.norm.num_tokens, n_forwarded])
+        plan.norm = LossNorm(seqs, toks, plan.norm.max_tokens)
+    if n_forwarded == 0:  # nothing carries gradient anywhere: no step (AdamW would still move weights)
         out.update(update_skipped=1.0, time=time.perf_counter() - t0)
         return out
     inp = PassInputs(batch.sampler_logp(), temperature=temp, chunk=optim_cfg.logprob_chunk, forward_hook=forward_hook)
@@ -245,7 +258,7 @@ def policy_update(
     agg, losses, norms = MetricAgg(), [], []
     for _ in range(algo.num_iterations):
         loss = accumulate_gradients(model, batch, plan, algo, inp, agg)
-        grad_norm, stepped = _step(model, optimizer, optim_cfg.grad_clip, math.isfinite(loss))
+        grad_norm, stepped = _step(model, optimizer, optim_cfg.grad_clip, math.isfinite(loss), dist)
         losses.append(loss)
         norms.append(grad_norm)
         if not stepped:
@@ -256,6 +269,8 @@ def policy_update(
         scheduler.step()  # once per trainer step: warm-up/cosine count policy updates
     out["time_train"] = time.perf_counter() - t
     out.update(agg.result())
+    if dist is not None and dist.enabled:  # each rank holds its share of the global loss
+        losses = dist.sum_floats(losses)
     out.update(loss=sum(losses) / len(losses), grad_norm=norms[-1], iterations=float(len(losses)))
     out["train_tokens_per_s"] = out["unique_tokens"] * len(losses) / max(out["time_train"], 1e-9)
     out["time"] = time.perf_counter() - t0

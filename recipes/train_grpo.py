@@ -14,6 +14,7 @@ length and model loading fail with a clear message before heavy work starts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from grpo.config import RunConfig
 from grpo.config_io import to_dict
 from grpo.errors import GrpoError
 from grpo.run_setup import (RunState, build_engine, build_policy, build_sampler, build_scorer, check_context,
+                            check_parallel_config,
                             load_run_data, maybe_resume, prompt_texts, reward_columns, run_dir_for,
                             sampling_config, seed_everything)
 
@@ -30,15 +32,22 @@ log = logging.getLogger("grpo")
 
 
 def generate_and_score(state: RunState, prompt_ids: list[int], step: int):
-    """One rollout round: B prompts -> B*G scored completions."""
+    """One rollout round: B prompts -> B*G scored completions (prompt_index = position in prompt_ids)."""
     from rewards.types import GroupInfo
 
     cfg, rows = state.cfg, [state.task.train[i] for i in prompt_ids]
-    t0 = time.perf_counter()
-    completions = state.engine.generate([r["prompt"] for r in rows], cfg.rollout.group_size,
-                                        sampling_config(cfg, step), return_routing=state.wants_routing)
+    G, t0 = cfg.rollout.group_size, time.perf_counter()
+    if cfg.rollout.seed_per_prompt:  # sampling independent of batch composition and world size
+        completions = []
+        for b, (pid, row) in enumerate(zip(prompt_ids, rows)):
+            group = state.engine.generate([row["prompt"]], G, sampling_config(cfg, step, pid),
+                                          return_routing=state.wants_routing)
+            completions += [dataclasses.replace(c, prompt_index=b) for c in group]
+    else:
+        completions = state.engine.generate([r["prompt"] for r in rows], G, sampling_config(cfg, step),
+                                            return_routing=state.wants_routing)
     t_gen = time.perf_counter() - t0
-    group = GroupInfo(group_ids=[c.prompt_index for c in completions], group_size=cfg.rollout.group_size,
+    group = GroupInfo(group_ids=[c.prompt_index for c in completions], group_size=G,
                       finish_reasons=[c.finish_reason for c in completions],
                       completion_lengths=[len(c.completion_ids) for c in completions])
     t0 = time.perf_counter()
@@ -47,16 +56,39 @@ def generate_and_score(state: RunState, prompt_ids: list[int], step: int):
     return completions, rewards, t_gen, time.perf_counter() - t0
 
 
+def global_advantages(state: RunState, scores, n_local_groups: int):
+    """Advantages of this rank's completions, normalised over the global batch.
+
+    Rewards are all-gathered (a few floats per completion), so group- and batch-level
+    statistics are those a single process would compute on the same global batch.
+    Returns (local advantages [N_local], global scores [N], global group ids [N]).
+    """
+    import torch
+
+    from grpo.advantages import compute_advantages
+
+    G = state.cfg.rollout.group_size
+    per_rank = state.dist.gather(scores.tolist()) if state.dist is not None else [scores.tolist()]
+    all_scores = torch.tensor([x for part in per_rank for x in part], dtype=torch.float32)  # [N]
+    all_groups = [(r, i // G) for r, part in enumerate(per_rank) for i in range(len(part))]
+    adv = compute_advantages(all_scores, all_groups, state.cfg.algo.advantage)  # [N]
+    rank = state.dist.rank if state.dist is not None else 0
+    start = sum(len(part) for part in per_rank[:rank])
+    state.last_advantages = adv
+    return adv[start:start + len(scores)], all_scores, all_groups
+
+
 def train_step(state: RunState, step: int) -> dict:
     import torch
 
-    from grpo.advantages import compute_advantages, zero_variance_groups
+    from grpo.advantages import zero_variance_groups
     from grpo.batch import RolloutBatch
     from grpo.dynamic_sampling import refill_zero_variance_groups
     from grpo.update import policy_update
 
     cfg, G = state.cfg, state.cfg.rollout.group_size
-    prompt_ids = state.sampler.next_batch(cfg.train.prompts_per_step)
+    global_ids = state.sampler.next_batch(cfg.train.prompts_per_step)  # identical on every rank
+    prompt_ids = state.dist.shard(global_ids)  # whole groups per rank
     completions, rewards, t_gen, t_rew = generate_and_score(state, prompt_ids, step)
     scores = torch.tensor(rewards.total, dtype=torch.float32)  # [B*G]
     ds_metrics: dict = {}
@@ -68,17 +100,17 @@ def train_step(state: RunState, step: int) -> dict:
 
         prompt_ids, completions, scores, ds_metrics = refill_zero_variance_groups(
             prompt_ids, completions, scores, G, cfg.algo.dynamic_sampling_max_rounds, draw)
-    group_ids = [c.prompt_index for c in completions]
-    advantages = compute_advantages(scores, group_ids, cfg.algo.advantage)  # [B*G]
-    for b, pid in enumerate(prompt_ids):
-        state.sampler.record(pid, float((scores[b * G:(b + 1) * G] >= 1.0).float().mean()))
+    advantages, all_scores, all_groups = global_advantages(state, scores, len(prompt_ids))  # [B_local*G]
+    ordered_ids = [pid for part in state.dist.gather(prompt_ids) for pid in part]
+    for b, pid in enumerate(ordered_ids):  # every rank records the same pass rates: samplers stay in step
+        state.sampler.record(pid, float((all_scores[b * G:(b + 1) * G] >= 1.0).float().mean()))
 
     batch = RolloutBatch.from_completions(completions, advantages)
     t0 = time.perf_counter()
     metrics = policy_update(state.policy, state.optimizer, state.scheduler, batch, cfg.algo, cfg.optim,
                             ref_model=state.ref_model, temperature=state.temperature,
                             forward_hook=state.forward_hook(batch, step), max_tokens=cfg.rollout.max_tokens,
-                            force_old_pass=cfg.moe.routing_replay == "r2")
+                            force_old_pass=cfg.moe.routing_replay == "r2", dist=state.dist)
     t_train = time.perf_counter() - t0
     state.count_nonfinite(metrics)
 
@@ -89,8 +121,10 @@ def train_step(state: RunState, step: int) -> dict:
     metrics.update(rewards.metrics)
     metrics.update(ds_metrics)
     metrics.update({
-        "reward/mean": float(scores.mean()), "reward/std": float(scores.std()),
-        "reward/frac_zero_var_groups": float(zero_variance_groups(scores, group_ids).float().mean()),
+        "reward/mean": float(all_scores.mean()), "reward/std": float(all_scores.std()),
+        "advantage/abs_mean": float(state.last_advantages.abs().mean()),
+        "advantage/max": float(state.last_advantages.max()), "advantage/min": float(state.last_advantages.min()),
+        "reward/frac_zero_var_groups": float(zero_variance_groups(all_scores, all_groups).float().mean()),
         "completion/mean_tokens": sum(len(c.completion_ids) for c in completions) / len(completions),
         "completion/frac_truncated": sum(c.truncated for c in completions) / len(completions),
         "time/generate": t_gen, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,
@@ -101,14 +135,20 @@ def train_step(state: RunState, step: int) -> dict:
 
 
 def run_eval(state: RunState, step: int, label: str) -> dict:
+    """Held-out evaluation on the main process (the others wait)."""
     from grpo.evaluate import evaluate
 
+    if not state.is_main:
+        state.dist.barrier()
+        return {}
     t = state.cfg.train
     res = evaluate(state.engine, state.scorer, state.task.eval, k=t.eval_samples,
                    temperature=t.eval_temperature, max_tokens=state.cfg.rollout.max_tokens,
                    seed=state.cfg.train.seed + 17, stop=tuple(state.cfg.rollout.stop))
     log.info("%s held-out: pass@1 %.3f ± %.3f on %d problems", label, res.pass_at_1,
              res.stderr_pass_at_1, res.n_problems)
+    if state.dist is not None:
+        state.dist.barrier()
     return res.row()
 
 
@@ -123,12 +163,16 @@ def main(cfg: RunConfig, engine=None) -> dict:
     from grpo.checkpoint import save_checkpoint
     from grpo.metrics import MetricsSink
 
+    from grpo.distributed import Dist
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    seed_everything(cfg.train.seed)
+    dist = Dist.from_env()
+    check_parallel_config(cfg, dist)
+    seed_everything(cfg.train.seed)  # the same on every rank: same prompts, same initial weights
     run_dir = run_dir_for(cfg)
     task = load_run_data(cfg)  # data problems surface here, before any model loads
     scorer = build_scorer(cfg)
-    state = RunState(cfg=cfg, run_dir=run_dir, task=task, scorer=scorer)
+    state = RunState(cfg=cfg, run_dir=run_dir, task=task, scorer=scorer, dist=dist)
     try:
         build_policy(state)
         check_context(state)
@@ -140,7 +184,8 @@ def main(cfg: RunConfig, engine=None) -> dict:
         summary: dict = {"run_dir": str(run_dir), "data": task.description}
         if start == 0:
             summary["before"] = run_eval(state, 0, "before")
-            sink.log(0, summary["before"])
+            if summary["before"]:
+                sink.log(0, summary["before"])
         bar = tqdm(range(start, cfg.train.steps), desc="GRPO", disable=not state.is_main,
                    initial=start, total=cfg.train.steps)
         for step in bar:
@@ -154,7 +199,8 @@ def main(cfg: RunConfig, engine=None) -> dict:
                 save_checkpoint(run_dir, step + 1, state.policy, state.tokenizer, state.optimizer,
                                 state.scheduler, state.extra_state(), cfg.train.keep_checkpoints)
         summary["after"] = run_eval(state, cfg.train.steps, "after")
-        sink.log(cfg.train.steps, summary["after"])
+        if summary["after"]:
+            sink.log(cfg.train.steps, summary["after"])
         sink.close()
         if state.is_main:
             summary["checkpoint"] = str(save_checkpoint(
