@@ -54,7 +54,7 @@ class RMConfig:
     max_digits: int = doc("operand digits, upper bound", 2)
     epochs: float = doc("training epochs", 3.0)
     lr: float = doc("learning rate", 1e-4)
-    batch_size: int = doc("pairs per step", 32)
+    batch_size: int = doc("pairs per step", 8)
     max_length: int = doc("token limit per sequence (prompt + answer)", 64)
     num_layers: Optional[int] = doc("keep only the first N encoder layers (cheaper; null = all)", None)
     freeze_embeddings: bool = doc("train everything but the token embeddings (cheaper steps)", False)

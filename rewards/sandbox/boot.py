@@ -9,7 +9,7 @@ still as root and before any untrusted byte is read:
    tmpfs; `hide` paths (home directories, the caller's working directory...)
    are covered by empty tmpfs; the interpreter's own directories are bound back
    read-only where a hidden or non-traversable directory would block them;
-2. writes the payload's files into a fresh private work dir (/tmp/w);
+2. makes a fresh private work dir (/tmp/w), the process's cwd and HOME;
 3. joins its per-slot cgroups (pids, memory) and sets hard rlimits;
 4. closes every file descriptor it does not need, drops to the slot's
    unprivileged uid/gid (no groups, no capabilities, no_new_privs, death
@@ -60,12 +60,11 @@ def _tmpfs(target: str, size_mb: int, mode: str = "1777") -> None:
 
 
 def setup_filesystem(cfg: dict) -> None:
-    """Carry out fsview.plan with mount(2) (the unshare backend; bwrap does it from its arguments)."""
+    """Carry out the launcher's fsview.plan with mount(2) (unshare backend; bwrap does it from its arguments)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _tmpfs("/tmp", cfg["tmpfs_mb"])
-    hide, rebind = fsview.plan(cfg["expose"], cfg["hide"])
-    handles = [(os.open(e, os.O_PATH | os.O_DIRECTORY), e) for e in rebind]  # reach them once covered
-    for h in hide:
+    handles = [(os.open(e, os.O_PATH | os.O_DIRECTORY), e) for e in cfg["rebind"]]  # reach them once covered
+    for h in cfg["hide"]:
         _tmpfs(h, 1, mode="0755")
     for fd, e in handles:
         os.makedirs(e, mode=0o755, exist_ok=True)
@@ -78,14 +77,9 @@ def setup_filesystem(cfg: dict) -> None:
             _tmpfs(d, cfg["tmpfs_mb"])
 
 
-def write_files(files: dict, uid: int, gid: int) -> None:
+def make_workdir(uid: int, gid: int) -> None:
     os.mkdir(WORKDIR, 0o700)
     os.chown(WORKDIR, uid, gid)
-    for name, text in files.items():
-        path = os.path.join(WORKDIR, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chown(path, uid, gid)
 
 
 def join_cgroups(paths: list) -> None:
@@ -117,7 +111,7 @@ def main() -> None:
         payload = json.loads(f.read().decode("utf-8"))
     if cfg["setup_mounts"]:
         setup_filesystem(cfg)
-    write_files(payload.get("files", {}), cfg["uid"], cfg["gid"])
+    make_workdir(cfg["uid"], cfg["gid"])
     if "stdin" in payload:  # stdin/stdout tests: the input, from a file (no pipe to keep fed)
         stdin_path = os.path.join(WORKDIR, ".stdin")
         with open(stdin_path, "w", encoding="utf-8") as f:

@@ -103,6 +103,11 @@ def run_judged(launcher: Launcher, cand: SlotIdentity, judge: SlotIdentity, code
         jp = launcher.spawn("judge", judge, payload, {"sock": judge_sock.fileno(), "result": res_w},
                             stderr=subprocess.PIPE)
         procs.append((jp, judge))
+    except BaseException:
+        for proc, who in procs:
+            launcher.kill(proc, who)
+        os.close(res_r)
+        raise
     finally:
         cand_sock.close()
         judge_sock.close()

@@ -36,7 +36,8 @@ def blocked_ancestor(path: str) -> str | None:
     return None
 
 
-def plan(expose: list[str], hide: list[str], tmpfs_dirs: tuple[str, ...] = TMPFS_DIRS) -> tuple[list[str], list[str]]:
+def plan(expose: list[str], hide: list[str],
+         tmpfs_dirs: tuple[str, ...] = TMPFS_DIRS) -> tuple[list[str], list[str]]:
     """(directories to cover with an empty tmpfs, exposed directories to bind back under them)."""
     exp = [os.path.realpath(p) for p in expose if os.path.isdir(p)]
     hid = {os.path.realpath(p) for p in hide if os.path.isdir(p)}

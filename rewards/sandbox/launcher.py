@@ -92,24 +92,23 @@ class Launcher:
     site_packages: bool = True  # let the code import what the trainer's environment has (numpy, ...)
 
     def __post_init__(self) -> None:
-        self.expose, site = python_dirs()
+        expose, site = python_dirs()
         self.extra_sys_path = site if self.site_packages else []
+        self.hidden, self.rebind = plan(expose, self.hide)  # computed once, carried out per process
+        self._bwrap = self._bwrap_args() if self.backend == "bwrap" else []
 
-    def _prefix(self, who: SlotIdentity) -> list[str]:
-        if self.backend == "unshare":
-            return ["unshare", "--mount", "--net", "--pid", "--ipc", "--uts", "--cgroup", "--fork",
-                    "--kill-child", "--mount-proc", "--propagation", "private", "--"]
-        hide, rebind = plan(self.expose, self.hide)
+    def _bwrap_args(self) -> list[str]:
         size = str(self.limits.tmpfs_mb << 20)
         args = ["bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--die-with-parent", "--new-session", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
         for d in TMPFS_DIRS:
-            args += ["--size", size, "--perms", "1777", "--tmpfs", d]
-        for h in hide:
+            if os.path.isdir(d) and not os.path.islink(d):
+                args += ["--size", size, "--perms", "1777", "--tmpfs", d]
+        for h in self.hidden:
             args += ["--size", str(1 << 20), "--tmpfs", h]
         made: set[str] = set()
-        for e in rebind:  # bwrap would create the way down to a rebound directory as 0700: make it 0755
-            root = next(h for h in hide if e.startswith(h.rstrip("/") + "/"))
+        for e in self.rebind:  # bwrap would create the way down to a rebound directory as 0700: make it 0755
+            root = next(h for h in self.hidden if e.startswith(h.rstrip("/") + "/"))
             parts = e[len(root):].strip("/").split("/")[:-1]
             for i in range(1, len(parts) + 1):
                 d = root.rstrip("/") + "/" + "/".join(parts[:i])
@@ -117,9 +116,16 @@ class Launcher:
                     made.add(d)
                     args += ["--perms", "0755", "--dir", d]
             args += ["--ro-bind", e, e]
+        return args
+
+    def _prefix(self, who: SlotIdentity) -> list[str]:
+        if self.backend == "unshare":
+            return ["unshare", "--mount", "--net", "--pid", "--ipc", "--uts", "--cgroup", "--fork",
+                    "--kill-child", "--mount-proc", "--propagation", "private", "--"]
+        binds = []
         for cg in who.cgroups.paths if who.cgroups else []:  # writable, so boot.py can join them
-            args += ["--bind", cg, cg]
-        return args + ["--"]
+            binds += ["--bind", cg, cg]
+        return self._bwrap + binds + ["--"]
 
     def spawn(self, role: str, who: SlotIdentity, payload: dict, fds: dict[str, int],
               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) -> subprocess.Popen:
@@ -129,7 +135,7 @@ class Launcher:
             "role": role, "uid": who.uid, "gid": who.uid, "payload_fd": r,
             "keep_fds": list(fds.values()), **{f"{k}_fd": v for k, v in fds.items()},
             "cgroups": who.cgroups.paths if who.cgroups else [], "rlimits": self.limits.rlimits(),
-            "setup_mounts": self.backend == "unshare", "expose": self.expose, "hide": self.hide,
+            "setup_mounts": self.backend == "unshare", "hide": self.hidden, "rebind": self.rebind,
             "tmpfs_mb": self.limits.tmpfs_mb, "extra_sys_path": self.extra_sys_path,
         }
         cmd = self._prefix(who) + [self.python, "-I", "-S", "-B", BOOT, json.dumps(cfg)]

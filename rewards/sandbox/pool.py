@@ -71,6 +71,18 @@ class Sandbox:
         self._executor = ThreadPoolExecutor(num_workers, thread_name_prefix="sandbox")
         self._closed = False
         self._lock = threading.Lock()
+        try:
+            self._self_test()
+        except BaseException:
+            self.close()
+            raise
+
+    def _self_test(self) -> None:
+        """Fail at start, with the reason, if this machine cannot run the sandbox (not on every sample)."""
+        out = self.run_tests("def f():\n    return 1\n", JudgeSpec("asserts", ["assert f() == 1"]))
+        if (out.passed, out.status) != (1, "ok"):
+            raise SandboxUnavailable(f"the {self.backend} sandbox does not work on this machine: {out.status}: "
+                                     f"{out.detail.strip()[-1500:]}")
 
     # --- one execution, blocking -------------------------------------------------------------------------
     def run_tests(self, code: str, spec: JudgeSpec) -> TestOutcome:
