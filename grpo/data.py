@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +40,19 @@ def to_messages(question: str, system_prompt: str | None) -> list[dict]:
 def _require_columns(rows: list[dict], needed: list[str], where: str) -> None:
     if not rows:
         raise DataError(f"{where} is empty: no prompts to train on.")
-    found = sorted(rows[0].keys())
-    missing = [c for c in needed if c not in rows[0]]
-    if missing:
-        raise DataError(
-            f"{where}: missing column(s) {missing}; found columns {found}. Set data.prompt_column / "
-            f"data.answer_column to the names your file uses, or rename the columns."
-        )
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: row {i} is a {type(row).__name__}, not an object of columns "
+                            f"({str(row)[:60]!r}); every row must be a JSON object such as "
+                            '{"question": ..., "answer": ...}.')
+        missing = [c for c in needed if c not in row]
+        if missing:
+            found = sorted(map(str, row.keys()))
+            at = "" if i == 0 else f" in row {i}"
+            raise DataError(
+                f"{where}: missing column(s) {missing}{at}; found columns {found}. Set data.prompt_column / "
+                f"data.answer_column to the names your file uses, or rename the columns."
+            )
 
 
 def _reasoning_gym(cfg: DataConfig, tasks: list[str]) -> tuple[list[dict], list[dict], str]:
@@ -109,15 +116,28 @@ def _read_file(path: Path) -> list[dict]:
                 return [json.loads(line) for line in f if line.strip()]
         if suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
-            return data if isinstance(data, list) else data.get("data", [])
+            if isinstance(data, dict) and isinstance(data.get("data", []), list):
+                return data.get("data", [])
+            if not isinstance(data, list):
+                raise DataError(f"data file {path}: expected a JSON list of rows (or {{\"data\": [rows]}}), "
+                                f"got a {type(data).__name__}.")
+            return data
         if suffix == ".parquet":
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            return pq.read_table(path).to_pylist()
+            try:
+                return pq.read_table(path).to_pylist()
+            except pa.ArrowException as e:
+                raise DataError(f"data file {path} is not a readable parquet file ({e}).") from e
     except UnicodeDecodeError as e:
         raise DataError(f"data file {path} is not UTF-8 text ({e}).") from e
     except json.JSONDecodeError as e:
         raise DataError(f"data file {path}: invalid JSON at line {e.lineno}: {e.msg}") from e
+    except RecursionError as e:
+        raise DataError(f"data file {path}: JSON nested too deeply to read.") from e
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"data file {path} is not a complete gzip file ({e}).") from e
     raise DataError(f"data file {path}: unsupported format {suffix!r} (use .jsonl, .json or .parquet).")
 
 
@@ -148,9 +168,9 @@ def _humaneval(cfg: DataConfig) -> tuple[list[dict], list[dict], str]:
 
 def _rows_to_task(train: list[dict], held: list[dict], cfg: DataConfig, desc: str,
                   needed: list[str]) -> TaskData:
-    from datasets import Dataset
-
     _require_columns(train, needed, f"data source {cfg.source!r}")
+    if held:
+        _require_columns(held, needed, f"data source {cfg.source!r} (held-out rows)")
     if not held:
         raise DataError(f"data source {cfg.source!r}: no held-out prompts (need at least 1).")
 
@@ -160,11 +180,30 @@ def _rows_to_task(train: list[dict], held: list[dict], cfg: DataConfig, desc: st
             q = r[cfg.prompt_column]
             if not isinstance(q, str) or not q.strip():
                 raise DataError(f"data source {cfg.source!r}: empty or non-text prompt in column "
-                                f"{cfg.prompt_column!r}: {q!r}")
+                                f"{cfg.prompt_column!r}: {str(q)[:80]!r}")
             out.append({**r, "prompt": to_messages(q, cfg.system_prompt)})
-        return Dataset.from_list(out)
+        return _to_dataset(out, cfg.source)
 
     return TaskData(train=finish(train), eval=finish(held), description=desc)
+
+
+def _to_dataset(rows: list[dict], source: str) -> Any:
+    """rows -> datasets.Dataset; a column whose values change type across rows is a DataError naming it."""
+    import pyarrow as pa
+    from datasets import Dataset
+
+    try:
+        return Dataset.from_list(rows)
+    except (pa.ArrowException, ValueError, TypeError, OverflowError) as e:
+        bad = sorted({k for k in set().union(*rows) if len({_json_kind(r.get(k)) for r in rows} - {"null"}) > 1})
+        where = f"column(s) {bad[:5]} hold values of different types across rows" if bad else \
+            "a column's values (nested lists/objects of different shapes)"
+        raise DataError(f"data source {source!r}: {where} cannot form a table ({type(e).__name__}: "
+                        f"{str(e)[:200]}). Make each column one type (e.g. all strings).") from e
+
+
+def _json_kind(v: Any) -> str:
+    return "number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
 
 
 def load_task(cfg: DataConfig, needed_columns: list[str] | None = None) -> TaskData:
