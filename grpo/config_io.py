@@ -8,6 +8,7 @@ what was expected. Override values are parsed as YAML scalars/lists, so
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -80,7 +81,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             value = float(value)  # PyYAML reads `1e-5` (no dot) as a string: YAML 1.1 rules
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an int beyond float range
+            raise ConfigError(f"{key}: {value} is too large for a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -116,6 +123,8 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({e})") from e
+        except RecursionError:
+            raise ConfigError(f"override {key}: value is nested too deeply") from None
         node = tree
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -143,6 +152,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {path} is not UTF-8 text") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
