@@ -219,8 +219,9 @@ if __name__ == "__main__":
     import sys
 
     from grpo.config_io import load_config
+    from rewards.errors import RewardError
 
     try:
         main(load_config(sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2:]))
-    except GrpoError as e:
+    except (GrpoError, RewardError) as e:
         raise SystemExit(f"error: {e}")
