@@ -164,7 +164,8 @@ class VLLMServerEngine:
 
     def _load_from(self, folder: Path) -> None:
         try:
-            self._post("/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}})
+            method = "grpo_reload_weights" if self.patched else "reload_weights"
+            self._post("/collective_rpc", {"method": method, "kwargs": {"weights_path": str(folder)}})
         except HTTPStatusError as e:
             raise EngineError(f"the vLLM server rejected the weight update: {e}. Is it started with "
                               "VLLM_SERVER_DEV_MODE=1, and can it read " + str(folder) + "?") from e

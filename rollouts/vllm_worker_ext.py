@@ -3,7 +3,8 @@
 vLLM mixes this class into its workers; `POST /collective_rpc {"method":
 "grpo_patch"}` then applies, inside the server's engine process, the same two
 fixes the in-process engine applies (vllm_patches.py): pre-truncation logprobs
-and the CPU MoE repack on weight reload.
+and the CPU MoE repack on weight reload; `grpo_reload_weights` reloads from a
+folder and then refreshes tied layers' CPU GEMM handles.
 """
 
 from __future__ import annotations
@@ -16,3 +17,9 @@ class GrpoWorkerExtension:
         runner = self.model_runner  # type: ignore[attr-defined]
         report_pre_truncation_logprobs(runner)
         return {"patched_moe_layers": repack_cpu_experts_on_reload(runner.model)}
+
+    def grpo_reload_weights(self, weights_path: str) -> None:
+        from rollouts.vllm_patches import refresh_shared_cpu_linears
+
+        self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
+        refresh_shared_cpu_linears(self.model_runner.model)  # type: ignore[attr-defined]

@@ -53,26 +53,35 @@ class CheckpointNamer:
             self.skeleton = AutoModelForCausalLM.from_config(cfg)
 
     def __call__(self, named_tensors: Iterable[tuple[str, object]]) -> list[tuple[str, "object"]]:
+        return self.convert(clean_tensors(named_tensors))
+
+    def convert(self, cleaned: list[tuple[str, object]]) -> list[tuple[str, "object"]]:
+        """Checkpoint-format pairs from already cleaned (`clean_tensors`) pairs."""
         from transformers.core_model_loading import revert_weight_conversion
 
-        state: dict = {}
-        for name, t in named_tensors:
-            clean = clean_name(name)
-            if clean is None:
-                continue
-            if hasattr(t, "full_tensor"):  # FSDP DTensor: gather the full weight
-                t = t.full_tensor()
-            state[clean] = t.detach()
-        if not state:
-            raise EngineError("update_weights got no tensors: pass model.named_parameters() (or policy_weights(model)).")
         try:
-            out = revert_weight_conversion(self.skeleton, state)
+            out = revert_weight_conversion(self.skeleton, dict(cleaned))
         except Exception as e:  # a shape/name mismatch deep in transformers: say which model
             raise EngineError(
                 f"could not convert the trainer's weight names to checkpoint format ({type(e).__name__}: {e}); "
                 "are these the parameters of the engine's model?"
             ) from e
         return list(out.items())
+
+
+def clean_tensors(named_tensors: Iterable[tuple[str, object]]) -> list[tuple[str, "object"]]:
+    """Wrapper prefixes stripped, adapter factors dropped, DTensors gathered, autograd detached."""
+    out = []
+    for name, t in named_tensors:
+        clean = clean_name(name)
+        if clean is None:
+            continue
+        if hasattr(t, "full_tensor"):  # FSDP DTensor: gather the full weight
+            t = t.full_tensor()
+        out.append((clean, t.detach()))
+    if not out:
+        raise EngineError("update_weights got no tensors: pass model.named_parameters() (or policy_weights(model)).")
+    return out
 
 
 @contextmanager

@@ -59,6 +59,11 @@ def test_logprobs_match_transformers_after_weight_update(arch, vllm_engine, tiny
     assert max_logprob_error(trainer, before, 0.9) < 1e-3
     perturb(trainer)
     assert max_logprob_error(trainer, before, 0.9) > 1e-2, "the perturbation must be visible"
+    if arch == "mixtral":  # fused experts take the direct prepack path (vllm_fast_experts.py)
+        from rollouts.weights import clean_tensors
+
+        fused, _ = engine._experts.split(clean_tensors(trainer.named_parameters()))
+        assert sorted(fused) == engine.moe_layer_ids
     with restore_weights(engine):
         t0 = time.perf_counter()
         engine.update_weights(trainer.named_parameters())  # in-memory names (fused experts for MoE)
