@@ -66,11 +66,6 @@ def sampling_kwargs(s: SamplingConfig) -> dict:
     )
 
 
-def truncates(s: SamplingConfig) -> bool:
-    """Whether top-k/top-p change the distribution sampled from."""
-    return s.temperature > 0 and (s.top_p < 1.0 or s.top_k > 0)
-
-
 def call_seed(engine_seed: int, call_index: int, seed: int | None) -> int:
     """The RNG seed of one generate call: the request's seed, else one derived
     from the engine seed and the call count, so a run replays exactly from the

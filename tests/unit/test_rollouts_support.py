@@ -91,3 +91,32 @@ def test_prefix_cache_holes_filled_from_requests_sharing_the_prefix():
     fill_shared_prefix(routes, seqs, prompt_lens=[4, 4, 4])
     assert (routes[1] == full).all()  # same first 4 tokens -> same routing
     assert (routes[2][:4] == k).all()  # different first token: nothing may be copied
+
+
+def test_server_stop_kills_the_whole_process_group(tmp_path):
+    import os
+    import subprocess
+
+    from rollouts.server_process import ServerProcess
+
+    pid_file = tmp_path / "child"
+    # a parent with a child, like the API server and its engine-core process
+    proc = subprocess.Popen(["sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait"], start_new_session=True)
+    for _ in range(100):
+        if pid_file.exists() and pid_file.read_text().strip():
+            break
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    ServerProcess(proc, "http://127.0.0.1:1", tmp_path / "log").stop(timeout=5)
+    assert proc.poll() is not None
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:  # reaped by init shortly: a zombie counts as gone
+            if f.read().split()[2] == "Z":
+                break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the child of the server process survived stop()")
