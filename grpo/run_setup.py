@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from grpo.config import RunConfig
 from grpo.data import TaskData, load_task
-from grpo.errors import DataError, GrpoError
+from grpo.errors import DataError, EngineError, GrpoError
 from rollouts.types import SamplingConfig
 
 log = logging.getLogger("grpo")
@@ -21,6 +22,20 @@ REWARD_COLUMNS: dict[str, list[list[str]]] = {
     "math_accuracy": [["answer"]],
     "code_tests": [["test", "entry_point"], ["test_list"], ["inputs", "outputs"]],
 }
+
+
+@contextmanager
+def engine_failure(step: int, what: str):
+    """Whatever the engine raises besides our own errors means it failed (a crash, a dead server
+    process): one EngineError naming the step, the engine's own error kept as the cause."""
+    try:
+        yield
+    except GrpoError:
+        raise
+    except Exception as e:
+        raise EngineError(f"the generation engine failed in {what} at step {step} ({type(e).__name__}: {e}). "
+                          "Checkpoints written so far are kept: fix or restart the engine and rerun with "
+                          "train.resume=true to continue from the last one.") from e
 
 
 def seed_everything(seed: int) -> None:
@@ -233,15 +248,15 @@ def check_context(state: RunState) -> None:
 
 
 def maybe_resume(state: RunState) -> int:
-    from grpo.checkpoint import latest_checkpoint, load_checkpoint
+    from grpo.checkpoint import load_latest_checkpoint
 
     if not state.cfg.train.resume:
         return 0
-    ckpt = latest_checkpoint(state.run_dir)
-    if ckpt is None:
+    found = load_latest_checkpoint(state.run_dir, state.policy, state.optimizer, state.scheduler)
+    if found is None:
         log.info("resume requested but %s has no checkpoint: starting from scratch", state.run_dir)
         return 0
-    saved = load_checkpoint(ckpt, state.policy, state.optimizer, state.scheduler)
+    ckpt, saved = found  # the newest one that loads: a corrupt latest falls back to the one before
     state.sampler.load_state(saved["extra"]["sampler"])
     state.nonfinite_streak = saved["extra"].get("nonfinite_streak", 0)
     log.info("resumed from %s (step %d)", ckpt, saved["step"])

@@ -24,7 +24,7 @@ from grpo.config import RunConfig
 from grpo.config_io import to_dict
 from grpo.errors import GrpoError
 from grpo.run_setup import (RunState, build_engine, build_policy, build_sampler, build_scorer, check_context,
-                            check_parallel_config,
+                            check_parallel_config, engine_failure,
                             load_run_data, maybe_resume, prompt_texts, reward_columns, run_dir_for,
                             sampling_config, seed_everything)
 
@@ -37,15 +37,16 @@ def generate_and_score(state: RunState, prompt_ids: list[int], step: int):
 
     cfg, rows = state.cfg, [state.task.train[i] for i in prompt_ids]
     G, t0 = cfg.rollout.group_size, time.perf_counter()
-    if cfg.rollout.seed_per_prompt:  # sampling independent of batch composition and world size
-        completions = []
-        for b, (pid, row) in enumerate(zip(prompt_ids, rows)):
-            group = state.engine.generate([row["prompt"]], G, sampling_config(cfg, step, pid),
-                                          return_routing=state.wants_routing)
-            completions += [dataclasses.replace(c, prompt_index=b) for c in group]
-    else:
-        completions = state.engine.generate([r["prompt"] for r in rows], G, sampling_config(cfg, step),
-                                            return_routing=state.wants_routing)
+    with engine_failure(step, "generate"):
+        if cfg.rollout.seed_per_prompt:  # sampling independent of batch composition and world size
+            completions = []
+            for b, (pid, row) in enumerate(zip(prompt_ids, rows)):
+                group = state.engine.generate([row["prompt"]], G, sampling_config(cfg, step, pid),
+                                              return_routing=state.wants_routing)
+                completions += [dataclasses.replace(c, prompt_index=b) for c in group]
+        else:
+            completions = state.engine.generate([r["prompt"] for r in rows], G, sampling_config(cfg, step),
+                                                return_routing=state.wants_routing)
     t_gen = time.perf_counter() - t0
     group = GroupInfo(group_ids=[c.prompt_index for c in completions], group_size=G,
                       finish_reasons=[c.finish_reason for c in completions],
@@ -115,7 +116,8 @@ def train_step(state: RunState, step: int) -> dict:
     state.count_nonfinite(metrics)
 
     t0 = time.perf_counter()
-    state.sync_weights()
+    with engine_failure(step, "update_weights"):
+        state.sync_weights()
     t_sync = time.perf_counter() - t0
 
     metrics.update(rewards.metrics)
@@ -150,6 +152,15 @@ def run_eval(state: RunState, step: int, label: str) -> dict:
     if state.dist is not None:
         state.dist.barrier()
     return res.row()
+
+
+def _log_stop(run_dir: Path, step: int, e: Exception) -> None:
+    from grpo.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    log.error("training stopped in step %d (%s). %s", step, type(e).__name__,
+              f"Last good checkpoint: {last}; rerun with train.resume=true to continue from it." if last
+              else "No checkpoint was written yet (train.save_every).")
 
 
 def main(cfg: RunConfig, engine=None) -> dict:
@@ -189,7 +200,11 @@ def main(cfg: RunConfig, engine=None) -> dict:
         bar = tqdm(range(start, cfg.train.steps), desc="GRPO", disable=not state.is_main,
                    initial=start, total=cfg.train.steps)
         for step in bar:
-            metrics = train_step(state, step + 1)
+            try:
+                metrics = train_step(state, step + 1)
+            except Exception as e:
+                _log_stop(run_dir, step + 1, e)
+                raise
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 metrics.update(run_eval(state, step + 1, f"step {step + 1}"))
             sink.log(step + 1, metrics)
