@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,11 @@ def _jsonable(v: Any) -> Any:
 
 class MetricsSink:
     def __init__(self, run_dir: Path, tensorboard: bool = True, wandb: bool = False,
-                 config: dict | None = None, enabled: bool = True, append: bool = False):
+                 config: dict | None = None, enabled: bool = True, append: bool = False,
+                 resume_step: int | None = None):
+        """append: keep the records already in metrics.jsonl (a resumed run). resume_step: the
+        step the run resumes from; records after it (steps the killed run logged but did not
+        checkpoint, so they are redone) and a torn last line are dropped first."""
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self._tb = None
@@ -29,6 +34,11 @@ class MetricsSink:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append and resume_step is not None and self.path.exists():
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
         self._file = open(self.path, "a" if append else "w", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -63,5 +73,14 @@ class MetricsSink:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSONL file; a torn last line (the writer was killed mid-write) is skipped."""
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1 or line.endswith("\n"):
+                raise
+    return out

@@ -191,7 +191,7 @@ def main(cfg: RunConfig, engine=None) -> dict:
         start = maybe_resume(state)
         build_engine(state, engine)
         sink = MetricsSink(run_dir, cfg.train.tensorboard, cfg.train.wandb, to_dict(cfg),
-                           enabled=state.is_main, append=start > 0)
+                           enabled=state.is_main, append=start > 0, resume_step=start)
         summary: dict = {"run_dir": str(run_dir), "data": task.description}
         if start == 0:
             summary["before"] = run_eval(state, 0, "before")
