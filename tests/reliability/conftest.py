@@ -26,7 +26,7 @@ def arith_file(tmp_path_factory) -> Path:
     return f
 
 
-@pytest.fixture()
+@pytest.fixture(scope="session")
 def tiny_cfg(tiny_dirs, arith_file):
     """tiny_cfg(out_dir, overrides, model="llama", reward="digits") -> RunConfig of a tiny, fast run."""
 
