@@ -48,6 +48,11 @@ def register(name: str) -> Callable[[RewardFn], RewardFn]:
     return deco
 
 
+def is_registered(name: str) -> bool:
+    """True for names added with @register (they exist in this process only)."""
+    return name in _REGISTERED
+
+
 def _import_target(target: str) -> Any:
     where, _, attr = target.rpartition(":")
     if where.endswith(".py"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -10,7 +11,8 @@ from typing import Any
 
 from rewards.errors import RewardError, RewardFunctionError
 from rewards.health import health_metrics
-from rewards.registry import BoundReward, bind
+from rewards.isolation import TimedReward
+from rewards.registry import BoundReward, bind, is_registered, resolve
 from rewards.spec import RewardResult, RewardSpec
 from rewards.types import GroupInfo, Scores
 
@@ -46,15 +48,29 @@ class RewardScorer:
             raise RewardError("RewardScorer needs at least one RewardSpec")
         self.specs, self.on_fault = list(specs), on_fault
         self.labels = _labels(self.specs)
-        self._bound: list[BoundReward] = []
+        self._bound: list[BoundReward | TimedReward] = []
         try:
             for spec, label in zip(self.specs, self.labels):
                 if not math.isfinite(spec.weight):
                     raise RewardError(f"reward {label!r}: weight must be a finite number, got {spec.weight!r}")
-                self._bound.append(bind(spec.name, spec.kwargs, label, num_workers))
+                self._bound.append(self._bind(spec, label, num_workers))
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _bind(spec: RewardSpec, label: str, num_workers: int) -> BoundReward | TimedReward:
+        bound = bind(spec.name, spec.kwargs, label, num_workers)
+        if spec.timeout_s is None:
+            return bound
+        if spec.timeout_s <= 0:
+            raise RewardError(f"reward {label!r}: timeout_s must be > 0, got {spec.timeout_s}")
+        if inspect.isclass(resolve(spec.name)) or is_registered(spec.name):
+            bound.close()
+            raise RewardError(f"reward {label!r}: timeout_s runs a function in worker processes, which import it by "
+                              "name: use 'package.module:function' or 'path/file.py:function' (built-in classes "
+                              "have their own time limits: pass timeout_s in kwargs)")
+        return TimedReward(bound, spec.name, spec.timeout_s, num_workers, spec.fault_score)
 
     def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list] | None = None,
                  group: GroupInfo | None = None) -> RewardResult:
@@ -98,7 +114,7 @@ class RewardScorer:
                     raise RewardError(f"GroupInfo.{field} has {len(getattr(group, field))} entries for {n} "
                                       "completions")
 
-    def _run(self, spec: RewardSpec, bound: BoundReward, prompts, completions, columns, group):
+    def _run(self, spec: RewardSpec, bound: BoundReward | TimedReward, prompts, completions, columns, group):
         n = len(completions)
         try:
             raw = bound(prompts, completions, columns, group)
@@ -133,7 +149,7 @@ class RewardScorer:
                 values[i], status[i] = spec.fault_score, "error"
         return values, status
 
-    def _per_sample(self, spec: RewardSpec, bound: BoundReward, prompts, completions, columns):
+    def _per_sample(self, spec: RewardSpec, bound: BoundReward | TimedReward, prompts, completions, columns):
         n = len(completions)
         if bound.wants_group:  # a group-level judgement cannot be split: the whole batch faulted
             return [spec.fault_score] * n, ["error"] * n
@@ -147,8 +163,8 @@ class RewardScorer:
                 raise
             except Exception:
                 v, st = spec.fault_score, "error"
-            if st == "error" or (v is not None and not math.isfinite(v)):
-                v, st = spec.fault_score, "error"
+            if st in ("error", "timeout") or (v is not None and not math.isfinite(v)):
+                v, st = spec.fault_score, st if st == "timeout" else "error"
             values.append(v)
             status.append(st)
         log.warning("reward %r: %d of %d samples faulted, scored %s", bound.label, status.count("error"), n,

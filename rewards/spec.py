@@ -15,7 +15,10 @@ class RewardSpec:
     kwargs: for a built-in, its options (e.g. {"timeout_s": 5.0}); for your own function, extra keyword
         arguments passed on every call (they must not clash with a dataset column name).
     label: its key in `per_function` and the metrics (default: `name`; a repeated name gets "#2", "#3"...).
-    fault_score: the score of a sample whose reward faulted when the scorer runs with on_fault="count".
+    fault_score: the score of a sample whose reward faulted when the scorer runs with on_fault="count",
+        or timed out under timeout_s.
+    timeout_s: for your own function: run it in worker processes with this hard time limit per call
+        (a sample that hangs is reported as "timeout", the others are scored). Built-ins have their own.
     """
 
     name: str
@@ -23,6 +26,7 @@ class RewardSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
     fault_score: float = 0.0
+    timeout_s: float | None = None
 
 
 @dataclass

@@ -8,16 +8,14 @@ library code cannot swallow) and a hard one in the parent: a worker still busy
 `grace_s` after its soft deadline is SIGKILLed and replaced. Either way the item
 comes back as ("timeout", None); nothing is silently dropped.
 
-Workers are plain `python -m rewards.timeout_pool TARGET` subprocesses talking
+Workers are plain `python -m rewards.pool_worker TARGET` subprocesses talking
 over a socket: unlike multiprocessing's spawn/forkserver they never re-import
 the caller's __main__, and they work from any thread of any program.
 """
 
 from __future__ import annotations
 
-import importlib
-import resource
-import signal
+import json
 import socket
 import subprocess
 import sys
@@ -29,44 +27,11 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Iterable
 
 
-class _SoftTimeout(BaseException):
-    pass
-
-
-def _on_alarm(signum, frame):
-    raise _SoftTimeout
-
-
-def worker_main(fd: int, target: str, soft_timeout_s: float) -> None:
-    """The worker's loop: (idx, item) in, (idx, status, result) out."""
-    conn = Connection(fd)
-    module, _, name = target.partition(":")
-    fn = getattr(importlib.import_module(module), name)
-    signal.signal(signal.SIGALRM, _on_alarm)
-    conn.send(("ready",))
-    while True:
-        try:
-            idx, item = conn.recv()
-        except (EOFError, OSError):
-            return
-        try:
-            signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
-            try:
-                reply = (idx, "ok", fn(item))
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except _SoftTimeout:
-            reply = (idx, "timeout", None)
-        except Exception as e:  # reported to the caller with the item, never swallowed
-            reply = (idx, "error", f"{type(e).__name__}: {e}")
-        conn.send(reply)
-
-
 class _Worker:
-    def __init__(self, target: str, soft_timeout_s: float, memory_mb: int) -> None:
+    def __init__(self, target: str, soft_timeout_s: float, memory_mb: int, init: str) -> None:
         mine, theirs = socket.socketpair()
-        cmd = [sys.executable, "-m", "rewards.timeout_pool", str(theirs.fileno()), target, repr(soft_timeout_s),
-               str(memory_mb)]
+        cmd = [sys.executable, "-m", "rewards.pool_worker", str(theirs.fileno()), target, repr(soft_timeout_s),
+               str(memory_mb), init]
         self.proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL)
         theirs.close()
@@ -86,13 +51,16 @@ class TimeoutPool:
 
     target: "package.module:function", importable in a fresh interpreter (it runs in the workers).
     memory_mb: address-space limit of each worker (a runaway computation fails instead of eating the host).
+    init: JSON-able value the worker passes to `<target module>.init_worker(init)` before taking items
+        (e.g. to import a user's function up front, so that the import does not count against an item).
     """
 
     def __init__(self, target: str, num_workers: int, timeout_s: float, grace_s: float = 1.0,
-                 memory_mb: int = 4096) -> None:
+                 memory_mb: int = 4096, init=None) -> None:
         if num_workers < 1 or timeout_s <= 0:
             raise ValueError("TimeoutPool needs num_workers >= 1 and timeout_s > 0")
         self.target, self.timeout_s, self.grace_s, self.memory_mb = target, timeout_s, grace_s, memory_mb
+        self.init = json.dumps(init)
         self.num_workers = num_workers
         self._workers: list[_Worker] = []  # mutated in place: the finalizer holds this list
         self._lock = threading.Lock()
@@ -101,7 +69,7 @@ class TimeoutPool:
         self._workers += [self._spawn() for _ in range(num_workers)]  # they import while the caller sets up
 
     def _spawn(self) -> _Worker:
-        return _Worker(self.target, self.timeout_s, self.memory_mb)
+        return _Worker(self.target, self.timeout_s, self.memory_mb, self.init)
 
     def map(self, items: Iterable[Any]) -> list[tuple[str, Any]]:
         items = list(items)
@@ -167,10 +135,3 @@ def _kill_all(workers: list[_Worker]) -> None:
     for w in workers:
         w.kill()
     workers.clear()
-
-
-if __name__ == "__main__":
-    _fd, _target, _soft, _mem = sys.argv[1:5]
-    _limit = int(_mem) << 20
-    resource.setrlimit(resource.RLIMIT_AS, (_limit, _limit))
-    worker_main(int(_fd), _target, float(_soft))

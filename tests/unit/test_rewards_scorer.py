@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -292,3 +293,35 @@ def test_frac_zero_variance_groups():
 def test_bad_on_fault_value():
     with pytest.raises(ValueError, match="on_fault"):
         RewardScorer([spec("ones")], on_fault="ignore")
+
+
+def hangs_on_marked(prompts, completions, **columns):
+    import time
+
+    if any("hang" in c for c in completions):
+        time.sleep(60)
+    return [float(len(c)) for c in completions]
+
+
+@pytest.mark.parametrize("on_fault", ["error", "count"])
+def test_timeout_s_bounds_a_hanging_user_function(on_fault):
+    spec = RewardSpec(f"{HERE}:hangs_on_marked", timeout_s=2.0, fault_score=-1.0)
+    with RewardScorer([spec], num_workers=2, on_fault=on_fault) as s:
+        t0 = time.monotonic()
+        res = s(["p"] * 3, ["ab", "hang", "abc"])
+        assert time.monotonic() - t0 < 20
+    assert res.total == [2.0, -1.0, 3.0]  # only the hanging sample is lost; a timeout is not a fault
+    assert res.status[f"{HERE}:hangs_on_marked"] == ["ok", "timeout", "ok"]
+    assert res.metrics[f"reward/{HERE}:hangs_on_marked/frac_timeout"] == pytest.approx(1 / 3)
+
+
+def test_timeout_s_keeps_the_fault_policy_for_raises():
+    with RewardScorer([spec("raises", timeout_s=5.0)], num_workers=1) as s:
+        with pytest.raises(RewardFunctionError, match="bad input"):
+            s(["p"], ["a"])
+
+
+def test_timeout_s_needs_an_importable_function():
+    register("test_rewards_local_only")(ones)
+    with pytest.raises(RewardError, match="import it by name"):
+        RewardScorer([RewardSpec("test_rewards_local_only", timeout_s=1.0)])
