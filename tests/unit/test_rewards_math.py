@@ -160,24 +160,24 @@ def test_missing_answer_column_names_it(strict):
         strict([""], ["\\boxed{1}"], gold=["1"])
 
 
-def test_answer_column_is_configurable():
-    m = MathAccuracy(answer_column="solution", num_workers=1)
-    try:
-        assert list(m([""], ["#### 3"], solution=["3"])) == [1.0]
-    finally:
-        m.close()
+@pytest.fixture(scope="module")
+def quick_timeout():
+    m = MathAccuracy(answer_column="solution", num_workers=1, timeout_s=1.0, timeout_score=-1.0)
+    yield m
+    m.close()
 
 
-def test_pathological_expression_times_out_and_is_counted():
-    m = MathAccuracy(num_workers=1, timeout_s=1.0, timeout_score=-1.0)
-    try:
-        t0 = time.monotonic()
-        res = m([""] * 3, ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2}", "\\boxed{9^{9^{9^{9}}}}"], answer=["1", "2", "1"])
-        assert time.monotonic() - t0 < 10
-        assert list(res) == [-1.0, 1.0, -1.0]  # scored as configured, not dropped
-        assert res.status == ["timeout", "ok", "timeout"]
-    finally:
-        m.close()
+def test_answer_column_is_configurable(quick_timeout):
+    assert list(quick_timeout([""], ["#### 3"], solution=["3"])) == [1.0]
+
+
+def test_pathological_expression_times_out_and_is_counted(quick_timeout):
+    t0 = time.monotonic()
+    res = quick_timeout([""] * 3, ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2}", "\\boxed{9^{9^{9^{9}}}}"],
+                        solution=["1", "2", "1"])
+    assert time.monotonic() - t0 < 10
+    assert list(res) == [-1.0, 1.0, -1.0]  # scored as configured, not dropped
+    assert res.status == ["timeout", "ok", "timeout"]
 
 
 def test_timeouts_reach_the_scorer_metrics():
