@@ -3,8 +3,9 @@
 Same model, same batch (4 prompts x G=8 completions, <= 64 completion tokens, chat-template
 prompts), same loss settings (DAPO loss, beta 0, one iteration, no IS correction, fp32, no
 gradient checkpointing). Measured: the train phase only = forward + loss + backward over the
-whole batch (no optimiser step, no generation), as TRL's `compute_loss` + `backward()` on its
-padded batch vs ours (`accumulate_gradients` on packed shared-prompt micro-batches).
+whole batch (no optimiser step, no generation): TRL's `compute_loss` + `backward()` on its
+padded batch in 4 accumulation steps of 8 sequences, vs ours (`accumulate_gradients` on packed
+shared-prompt micro-batches of <= 4096 slots, rows sized by `auto_row_tokens`).
 
 Completion tokens are random ids of random lengths (compute does not depend on the text),
 rewards are random with every group mixed (no zero-advantage group: nothing is skipped).
@@ -122,12 +123,16 @@ def import_trl():
     return GRPOConfig, GRPOTrainer
 
 
+TRL_MICRO = 8  # TRL per_device_train_batch_size: 4 accumulation steps of 8 sequences (memory, as usual)
+
+
 def build_trl(model, tok, batch):
     from datasets import Dataset
 
     GRPOConfig, GRPOTrainer = import_trl()
     args = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=len(batch), num_generations=G,
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=TRL_MICRO,
+        gradient_accumulation_steps=len(batch) // TRL_MICRO, num_generations=G,
         max_completion_length=MAX_TOKENS, loss_type="dapo", beta=0.0, temperature=1.0, report_to=[],
         use_cpu=True, save_strategy="no", bf16=False, gradient_checkpointing=False,
     )
@@ -135,7 +140,7 @@ def build_trl(model, tok, batch):
         warnings.simplefilter("ignore")
         trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
                               args=args, train_dataset=Dataset.from_dict({"prompt": ["x"]}), processing_class=tok)
-    trainer.current_gradient_accumulation_steps = 1
+    trainer.current_gradient_accumulation_steps = len(batch) // TRL_MICRO  # set by the HF loop in training
     return trainer
 
 
@@ -144,6 +149,7 @@ def bench_model(name: str, reps: int, peak: float, with_plain: bool) -> dict:
 
     from grpo.config import AlgoConfig, OptimConfig
     from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
+    from grpo.packing import auto_row_tokens
     from grpo.update import PassInputs, accumulate_gradients, plan_update
 
     folder = resolve_model(name)
@@ -157,18 +163,22 @@ def bench_model(name: str, reps: int, peak: float, with_plain: bool) -> dict:
     }
     if with_plain:
         variants["ours packed (no sharing)"] = OptimConfig(shared_prompt=False)
-    plans = {k: plan_update(batch, algo, o, max_tokens=MAX_TOKENS, max_row_tokens=1 if "padded" in k else None)
+    rows = auto_row_tokens(model, OptimConfig().micro_batch_tokens)  # what policy_update uses
+    plans = {k: plan_update(batch, algo, o, max_tokens=MAX_TOKENS, max_row_tokens=1 if "padded" in k else rows)
              for k, o in variants.items()}
     inp = PassInputs(batch.sampler_logp(), temperature=1.0, chunk=8192)
     trainer = build_trl(model, tok, batch)
-    inputs = trl_inputs(batch, tok.pad_token_id)
+    inputs = trl_inputs(batch, tok.pad_token_id)  # padded once for the whole batch, as TRL does
+    chunks = [{k: (v if k == "num_items_in_batch" else v[i:i + TRL_MICRO]) for k, v in inputs.items()}
+              for i in range(0, len(batch), TRL_MICRO)]
 
     def ours(plan):
         accumulate_gradients(model, batch, plan, algo, inp)
         model.zero_grad(set_to_none=True)
 
     def trl():
-        trainer.compute_loss(model, inputs).backward()
+        for c in chunks:  # gradient accumulation, as TRL's Trainer loop runs it
+            trainer.compute_loss(model, c).backward()
         model.zero_grad(set_to_none=True)
 
     runs = {k: (lambda p=p: ours(p)) for k, p in plans.items()}

@@ -30,25 +30,30 @@ class ChunkedLogProbs(torch.autograd.Function):
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                 temperature: float, chunk: int) -> tuple[Tensor, Tensor]:
         # hidden [n, H], weight [V, H], bias [V] | None, targets [n] long
-        n, V = hidden.shape[0], weight.shape[0]
-        run_max = hidden.new_full((n,), float("-inf"), dtype=torch.float32)  # [n]
-        sum_exp = hidden.new_zeros((n,), dtype=torch.float32)  # [n] sum exp(z - run_max)
-        sum_zexp = hidden.new_zeros((n,), dtype=torch.float32)  # [n] sum z * exp(z - run_max)
-        target_z = hidden.new_zeros((n,), dtype=torch.float32)  # [n]
+        V = weight.shape[0]
+        hs = hidden.float() / temperature  # [n, H]: scaling h once is cheaper than every [n, c] tile
+        bs = None if bias is None else bias.float() / temperature
+        m = s = q = None  # running max, sum exp(z - m), sum (z - m) exp(z - m): all [n]
+        target_z = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)  # [n]
         for lo in range(0, V, chunk):
-            z = _tile(hidden, weight, bias, lo, min(lo + chunk, V), temperature)  # [n, c] fp32
-            new_max = torch.maximum(run_max, z.max(dim=1).values)
-            scale = torch.exp(run_max - new_max)
-            e = torch.exp(z - new_max[:, None])
-            sum_exp = sum_exp * scale + e.sum(1)
-            sum_zexp = sum_zexp * scale + (e * z).sum(1)
-            run_max = new_max
+            z = _tile(hs, weight, bs, lo, min(lo + chunk, V))  # [n, c] fp32 logits / T
             inside = (targets >= lo) & (targets < lo + z.shape[1])
             idx = (targets - lo).clamp(0, z.shape[1] - 1)
             target_z += torch.where(inside, z.gather(1, idx[:, None])[:, 0], 0.0)
-        log_z = run_max + torch.log(sum_exp)  # [n]
+            new_m = z.max(dim=1).values if m is None else torch.maximum(m, z.max(dim=1).values)
+            zs = z.sub_(new_m[:, None])  # in place: z - new_m
+            e = torch.exp(zs)
+            s_c, q_c = e.sum(1), torch.bmm(e[:, None, :], zs[:, :, None]).view(-1)
+            if m is None:
+                s, q = s_c, q_c
+            else:  # rebase the accumulators from m to new_m
+                d = m - new_m
+                alpha = torch.exp(d)
+                s, q = alpha * s + s_c, alpha * (q + d * s) + q_c
+            m = new_m
+        log_z = m + torch.log(s)  # [n]
         logp = target_z - log_z
-        entropy = log_z - sum_zexp / sum_exp  # H = logZ - E_p[z]
+        entropy = torch.log(s) - q / s  # H = logZ - E_p[z]
         ctx.save_for_backward(hidden, weight, bias, targets, log_z)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(entropy)
@@ -61,40 +66,36 @@ class ChunkedLogProbs(torch.autograd.Function):
         V = weight.shape[0]
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g = grad_logp.float()  # [n]
+        hs = hidden.float() / T
+        bs = None if bias is None else bias.float() / T
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(V, dtype=torch.float32, device=weight.device) if (need_b and bias is not None) else None
-        h32 = hidden.float()
         for lo in range(0, V, chunk):
             hi = min(lo + chunk, V)
-            z = _tile(hidden, weight, bias, lo, hi, T)  # [n, c]
-            # d logp / d z = onehot(target) - softmax(z); chain rule through z = logits / T
-            gz = torch.exp(z - log_z[:, None]).mul_(-g[:, None])  # [n, c]
-            inside = (targets >= lo) & (targets < hi)
-            rows = inside.nonzero()[:, 0]
+            # d logp / d z = onehot(target) - softmax(z), z = (h W^T + b) / T; all in place on the tile
+            gz = _tile(hs, weight, bs, lo, hi).sub_(log_z[:, None]).exp_().mul_(-g[:, None])  # [n, c]
+            rows = ((targets >= lo) & (targets < hi)).nonzero()[:, 0]
             gz[rows, targets[rows] - lo] += g[rows]
-            gz.div_(T)
             if grad_h is not None:
                 grad_h.addmm_(gz, weight[lo:hi].float())
             if grad_w is not None:
-                grad_w[lo:hi] = gz.t() @ h32
+                grad_w[lo:hi] = gz.t() @ hs  # hs carries the 1 / T
             if grad_b is not None:
-                grad_b[lo:hi] = gz.sum(0)
+                grad_b[lo:hi] = gz.sum(0) / T
         return (
-            None if grad_h is None else grad_h.to(hidden.dtype),
+            None if grad_h is None else grad_h.div_(T).to(hidden.dtype),
             None if grad_w is None else grad_w.to(weight.dtype),
             None if grad_b is None else grad_b.to(bias.dtype),
             None, None, None,
         )
 
 
-def _tile(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], lo: int, hi: int, temperature: float) -> Tensor:
-    """Temperature-scaled logits of vocabulary slice [lo, hi): [n, hi - lo] in fp32."""
-    z = hidden.float() @ weight[lo:hi].float().t()
-    if bias is not None:
-        z += bias[lo:hi].float()
-    if temperature != 1.0:
-        z /= temperature
+def _tile(hs: Tensor, weight: Tensor, bs: Optional[Tensor], lo: int, hi: int) -> Tensor:
+    """Logits / T of vocabulary slice [lo, hi) from pre-scaled hs = h / T, bs = b / T: [n, hi - lo] fp32."""
+    z = hs @ weight[lo:hi].float().t()
+    if bs is not None:
+        z += bs[lo:hi]
     return z
 
 

@@ -9,6 +9,12 @@ Units are placed first-fit-decreasing into rows of at most `max_row_tokens`
 (a unit longer than that gets a row of its own), rows are grouped into
 micro-batches of at most `micro_batch_tokens` padded slots (rows * longest row).
 Row padding is the only padding; it is small because rows are packed full.
+A shared-prompt group longer than `micro_batch_tokens` is split into several
+units, each with its own copy of the prompt.
+
+Why rows at all: SDPA with a mask computes every (query, key) pair of a row, so
+attention costs O(S^2) per row however sparse the mask; short rows keep that
+waste small (see `auto_row_tokens`).
 
 The last token of a completion is never fed in: it predicts nothing that is
 scored (and rollout engines have no routing record for it).
@@ -184,7 +190,8 @@ def pack_micro_batches(
     completions with equal group id and equal prompt ids; a group too long for one row is split."""
     include = list(range(len(prompts))) if include is None else list(include)
     group_ids = list(range(len(prompts))) if group_ids is None else list(group_ids)
-    units = _make_units(prompts, completions, group_ids, include, shared_prompt, max(max_row_tokens, 1))
+    # a group is split (its prompt repeated) only when it cannot fit one micro-batch
+    units = _make_units(prompts, completions, group_ids, include, shared_prompt, max(micro_batch_tokens, 1))
     if not units:
         return []
     rows = sorted(_rows(units, max_row_tokens), key=lambda r: -sum(u.length for u in r))
@@ -196,6 +203,28 @@ def pack_micro_batches(
         else:
             batches.append([row])
     return [_micro_batch(b, completions, pad_id) for b in batches]
+
+
+def _is_expert_weight(name: str) -> bool:
+    return ".experts." in name or name.endswith(("experts.gate_up_proj", "experts.down_proj"))
+
+
+def auto_row_tokens(model, micro_batch_tokens: int, waste: float = 0.1, floor: int = 256) -> int:
+    """Row length at which masked attention scores (4 * S * hidden FLOPs per token and layer)
+    cost about `waste` of the linear layers (2 * active params per layer): longer rows for wider models."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    embeddings = {id(m.weight) for m in (base.get_input_embeddings(), base.get_output_embeddings()) if m is not None}
+    n_exp = next((getattr(cfg, a) for a in ("num_local_experts", "num_experts", "n_routed_experts")
+                  if getattr(cfg, a, None)), None)
+    k = getattr(cfg, "num_experts_per_tok", None)
+    active = 0.0
+    for name, p in base.named_parameters():
+        if id(p) in embeddings:
+            continue
+        active += p.numel() * (k / n_exp if (n_exp and k and _is_expert_weight(name)) else 1.0)
+    per_layer = active / max(int(cfg.num_hidden_layers), 1)
+    return int(min(max(waste * 2 * per_layer / (4 * int(cfg.hidden_size)), floor), micro_batch_tokens))
 
 
 def layout_token_features(

@@ -29,10 +29,10 @@ from grpo.batch import RolloutBatch
 from grpo.config import AlgoConfig, OptimConfig
 from grpo.logprobs import packed_logprobs
 from grpo.losses import LOSSES, LossNorm, rollout_is_weights
-from grpo.packing import PackedMicroBatch, pack_micro_batches, padded_equivalent_tokens
+from grpo.packing import PackedMicroBatch, auto_row_tokens, pack_micro_batches, padded_equivalent_tokens
 
 ForwardHook = Callable[[PackedMicroBatch, str], ContextManager[Any]]
-DEFAULT_ROW_TOKENS = 1024  # attention over a packed row costs O(S^2): keep rows short, fill them
+DEFAULT_ROW_TOKENS = 1024  # without a model to size them (auto_row_tokens): masked attention is O(S^2) per row
 
 
 @dataclass
@@ -234,7 +234,8 @@ def policy_update(
     t0 = time.perf_counter()
     algo = algo_cfg
     temp = algo.temperature if algo.temperature is not None else temperature
-    plan = plan_update(batch, algo, optim_cfg, max_tokens=max_tokens)
+    rows = auto_row_tokens(model, optim_cfg.micro_batch_tokens)
+    plan = plan_update(batch, algo, optim_cfg, max_tokens=max_tokens, max_row_tokens=rows)
     out: dict[str, float] = {**_token_counts(batch, plan), "nonfinite": 0.0}
     n_forwarded = float(len(plan.micro_batches))
     if dist is not None and dist.enabled:
