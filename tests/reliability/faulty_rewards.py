@@ -33,11 +33,3 @@ def hangs_on_poison(prompts, completions, **columns):
     if any(POISON in c for c in completions):
         RELEASE.wait(120)  # "forever", bounded so a leaked thread ends
     return digits(prompts, completions)
-
-
-def hang_item(item):
-    """TimeoutPool target: never returns for item "hang"."""
-    if item == "hang":
-        while True:
-            pass
-    return len(item)

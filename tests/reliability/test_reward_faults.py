@@ -109,7 +109,7 @@ def test_timeout_pool_bounds_a_hanging_function():
     in worker processes; a hung item comes back as "timeout", the others are scored."""
     from rewards.timeout_pool import TimeoutPool
 
-    with TimeoutPool("tests.reliability.faulty_rewards:hang_item", num_workers=1, timeout_s=0.5, grace_s=0.5) as pool:
+    with TimeoutPool("tests.reliability.hang_target:hang_item", num_workers=1, timeout_s=0.5, grace_s=0.5) as pool:
         t0 = time.monotonic()
         out = pool.map(["ab", "hang", "abc"])
         took = time.monotonic() - t0
