@@ -9,7 +9,7 @@ from grpo.config import AlgoConfig, OptimConfig
 from grpo.logprobs import full_logprobs
 from grpo.losses import LOSSES, LossNorm
 from grpo.models.loader import load_causal_lm
-from grpo.packing import layout_token_features, pack_micro_batches, padded_equivalent_tokens
+from grpo.packing import auto_row_tokens, layout_token_features, pack_micro_batches, padded_equivalent_tokens
 from grpo.update import policy_update
 
 
@@ -70,6 +70,13 @@ def test_budgets_rows_padding_and_group_split():
     prompt_copies = sum(int(((mb.source_pos == 0) & (mb.source_seq >= 0)).sum()) for mb in mbs)
     assert prompt_copies == 3
     assert padded_equivalent_tokens(prompts, comps) == 6 * (4 + 9)
+
+
+def test_auto_row_tokens_floor_cap_and_width(tiny_dirs):
+    llama = load_causal_lm(tiny_dirs["llama"])
+    # tiny: 2 layers of 4*128*... params: 0.1 * 2 * per_layer / (4 * 128) is far below the floor
+    assert auto_row_tokens(llama, 4096) == 256 and auto_row_tokens(llama, 100) == 100
+    assert auto_row_tokens(llama, 4096, waste=10.0) > 256  # cost ratio scales the row
 
 
 def test_layout_token_features_follows_packed_order():
