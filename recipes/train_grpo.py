@@ -108,9 +108,12 @@ def train_step(state: RunState, step: int) -> dict:
 
     batch = RolloutBatch.from_completions(completions, advantages)
     t0 = time.perf_counter()
+    hook = state.forward_hook(batch, step)  # MoE: KL diagnostics run here, before the update
+    t_diag = time.perf_counter() - t0
+    t0 = time.perf_counter()
     metrics = policy_update(state.policy, state.optimizer, state.scheduler, batch, cfg.algo, cfg.optim,
                             ref_model=state.ref_model, temperature=state.temperature,
-                            forward_hook=state.forward_hook(batch, step), max_tokens=cfg.rollout.max_tokens,
+                            forward_hook=hook, max_tokens=cfg.rollout.max_tokens,
                             force_old_pass=cfg.moe.routing_replay == "r2", dist=state.dist)
     t_train = time.perf_counter() - t0
     state.count_nonfinite(metrics)
@@ -130,6 +133,7 @@ def train_step(state: RunState, step: int) -> dict:
         "completion/mean_tokens": sum(len(c.completion_ids) for c in completions) / len(completions),
         "completion/frac_truncated": sum(c.truncated for c in completions) / len(completions),
         "time/generate": t_gen, "time/reward": t_rew, "time/train": t_train, "time/sync": t_sync,
+        "time/moe_diagnostics": t_diag,
         "lr": state.scheduler.get_last_lr()[0],
     })
     metrics.update(state.moe_metrics(step))
