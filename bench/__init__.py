@@ -1,0 +1,1 @@
+"""Benchmarks: ratios against the tools a user would pick instead, measured side by side."""

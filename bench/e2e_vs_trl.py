@@ -1,0 +1,459 @@
+"""End-to-end GRPO: our loop (recipes/train_grpo.py) vs TRL 1.16 `GRPOTrainer`, same model, same data.
+
+Both sides: smollm2-135m-moe (the embedded Mixtral, 4 experts top-2), the demo's 1-2 digit
+addition prompts in the same order, 4 prompts x G=8 per step, <= 64 completion tokens,
+temperature 1, reward = our `math_accuracy` (mode last_number; TRL gets it through a
+TRL-signature wrapper), GRPO loss (sequence mean), group-std advantages, AdamW lr 1e-5
+betas (0.9, 0.99), constant lr, grad clip 1.0, no KL (beta 0), one update per batch, fp32.
+
+- Ours: the demo recipe's loop (`recipes.train_grpo.train_step`) with in-process vLLM
+  rollouts, in-place weight sync, packed training, R3 routing replay; the per-step
+  train-vs-rollout KL diagnostics are off (`moe.kl_diag_every=0`): they are optional
+  measurements TRL does not make.
+- TRL: its fastest mode that works here. vLLM colocate mode is probed once (a short run;
+  its error is reported), then TRL runs with its default transformers `generate`.
+
+Part 1 (speed): `--warmup` steps, then `--steps` timed steps each, every step split into
+generate / reward / train / weight sync (ours: the loop's own timers; TRL: its profiling
+contexts, captured, + step wall time from a callback; train = step - the rest), and the
+peak RSS of each run's process tree (reward workers included).
+
+Part 2 (learning per wall-clock): each side trains for `--budget-min` minutes of loop
+time; weights are saved at 1/8, 1/4, 1/2 and the end of the budget (the clock is paused
+while saving). One evaluation process then scores every checkpoint and the base model with
+the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, 200 held-out problems.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.e2e_vs_trl [--steps 3] [--warmup 1] [--budget-min 6]
+        [--skip-learning] [--skip-vllm-probe] [--model smollm2-135m-moe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from bench.common import GIB, RssMonitor, emit_result, load_average, md_table  # noqa: E402
+
+DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
+MAX_TOKENS, LR = 64, 1e-5
+MARKS = (0.125, 0.25, 0.5, 1.0)  # fractions of the budget at which weights are saved
+PHASES = ("generate", "reward", "train", "sync", "other")
+
+
+def run_config(model: str, run_dir: Path, steps: int = 100_000):
+    from grpo.config_io import load_config
+
+    over = [f"model.name={model}", f"rollout.max_tokens={MAX_TOKENS}", f"optim.lr={LR}", "optim.schedule=constant",
+            "algo.beta=0.0", "algo.loss=grpo", "algo.advantage=group", "moe.kl_diag_every=0",
+            f"train.output_dir={run_dir.parent}", f"train.run_name={run_dir.name}", f"train.steps={steps}",
+            "train.tensorboard=false", "train.plots=false"]
+    if not is_moe(model):
+        over += ["moe.routing_replay=none", "rollout.return_routing=false"]
+    return load_config(DEMO, over)
+
+
+def is_moe(model: str) -> bool:
+    from grpo.models.loader import resolve_model
+
+    cfg = json.loads((resolve_model(model) / "config.json").read_text())
+    return bool(cfg.get("num_local_experts") or cfg.get("num_experts") or cfg.get("n_routed_experts"))
+
+
+def prompt_order(n: int, seed: int, steps: int, per_step: int) -> list[int]:
+    """The prompt indices our PromptSampler yields, so TRL sees the same prompts in the same order."""
+    from grpo.sampler import PromptSampler
+
+    s = PromptSampler(n, seed=seed)
+    return [i for _ in range(steps) for i in s.next_batch(per_step)]
+
+
+# ---------------------------------------------------------------------------------- ours --
+class _Done(Exception):
+    """Ends our recipe's loop early (budget spent / timed steps done), skipping its final eval and save."""
+
+
+def worker_ours(a) -> dict:
+    """The recipe's own `main` with its loop step wrapped: timing, checkpoints at the marks, early stop."""
+    import recipes.train_grpo as recipe
+
+    out = Path(a.out)
+    mon = RssMonitor().start()
+    t0 = time.perf_counter()
+    n = a.warmup + a.steps if not a.budget else 100_000
+    cfg = run_config(a.model, out / "run", steps=n)
+    marks = [m * a.budget for m in MARKS] if a.budget else []
+    steps, saved, clock = [], [], {"setup": 0.0, "start": 0.0, "paused": 0.0}
+    step_fn = recipe.train_step
+
+    def timed_step(state, step: int) -> dict:
+        if step == 1:
+            clock["setup"] = time.perf_counter() - t0
+            clock["start"] = time.perf_counter()
+        t = time.perf_counter()
+        m = step_fn(state, step)
+        wall = time.perf_counter() - t
+        row = {k: m[f"time/{k}"] for k in PHASES[:4]}
+        row.update(wall=wall, other=wall - sum(row.values()), mean_reward=m["reward/mean"],
+                   tokens=m["completion/mean_tokens"] * cfg.train.prompts_per_step * cfg.rollout.group_size)
+        steps.append(row)
+        elapsed = time.perf_counter() - clock["start"] - clock["paused"]
+        if marks and elapsed >= marks[0]:
+            t = time.perf_counter()
+            folder = out / f"ckpt-{len(saved)}"
+            state.policy.save_pretrained(folder)
+            state.tokenizer.save_pretrained(folder)
+            saved.append({"folder": str(folder), "elapsed": elapsed, "steps": step})
+            while marks and elapsed >= marks[0]:
+                marks.pop(0)
+            clock["paused"] += time.perf_counter() - t
+            if not marks:
+                raise _Done
+        if step == n:
+            raise _Done
+        return m
+
+    recipe.train_step = timed_step
+    recipe.run_eval = lambda state, step, label: {}  # held-out evals are done apart, for both sides alike
+    try:
+        recipe.main(cfg)
+    except _Done:
+        pass
+    mon.stop()
+    return {"setup": clock["setup"], "steps": steps, "saved": saved, "peak_rss": mon.peak}
+
+
+# ----------------------------------------------------------------------------------- TRL --
+def trl_reward(num_workers: int = 2):
+    """Our math_accuracy (last_number) behind TRL's reward signature."""
+    from rewards.math_accuracy import MathAccuracy
+
+    scorer = MathAccuracy(mode="last_number", num_workers=num_workers)
+
+    def math_accuracy(prompts, completions, answer, **kwargs):
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        users = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        return [None if s is None else float(s) for s in scorer(users, texts, answer=answer)]
+
+    return math_accuracy, scorer
+
+
+class PhaseLog:
+    """Captures TRL's own profiling timings (`profiling_context` / `profiling_decorator`)."""
+
+    def __init__(self):
+        self.current: dict[str, float] = {}
+
+    def install(self) -> None:
+        from trl.extras import profiling
+
+        log = self
+
+        def record(ctx, duration: float) -> None:
+            name = ctx.name.split(".", 1)[-1]  # "GRPOTrainer.transformers.generate" -> "transformers.generate"
+            log.current[name] = log.current.get(name, 0.0) + duration
+
+        profiling.ProfilingContext._log_metrics = record
+
+    def take(self) -> dict[str, float]:
+        cur, self.current = self.current, {}
+        return cur
+
+
+def trl_phases(prof: dict[str, float], wall: float) -> dict[str, float]:
+    gen = prof.get("transformers.generate", 0.0) + prof.get("vLLM.generate", 0.0)
+    rew = prof.get("_calculate_rewards", 0.0)
+    sync = prof.get("sync_weights", 0.0)
+    prep = prof.get("_prepare_inputs", gen + rew + sync)  # generation + scoring + batch building
+    return {"generate": gen, "reward": rew, "sync": sync, "train": wall - prep, "other": prep - gen - rew - sync}
+
+
+def worker_trl(a) -> dict:
+    from transformers import TrainerCallback
+
+    from bench.train_step import import_trl
+    from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
+    from grpo.run_setup import load_run_data, seed_everything
+
+    out = Path(a.out)
+    mon = RssMonitor().start()
+    t0 = time.perf_counter()
+    cfg = run_config(a.model, out / "run")
+    seed_everything(cfg.train.seed)
+    task = load_run_data(cfg)
+    max_steps = a.warmup + a.steps if not a.budget else 100_000
+    per = cfg.train.prompts_per_step
+    order = prompt_order(len(task.train), cfg.data.seed, min(max_steps, 2 * len(task.train) // per), per)
+    train = task.train.select(order)
+    folder = resolve_model(a.model)
+    model, tok = load_causal_lm(folder), load_tokenizer(folder)
+    model.config.use_cache = True  # generation; TRL turns it off for training forwards
+    reward, pool = trl_reward()
+    GRPOConfig, GRPOTrainer = import_trl() if not a.vllm else _import_trl_with_vllm()
+    G = cfg.rollout.group_size
+    vllm_kw = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1,
+                   vllm_max_model_length=cfg.rollout.max_model_len) if a.vllm else {}
+    args = GRPOConfig(
+        output_dir=str(out / "trl"), per_device_train_batch_size=per * G, gradient_accumulation_steps=1,
+        num_generations=G, max_completion_length=MAX_TOKENS, temperature=cfg.rollout.temperature, top_p=1.0,
+        learning_rate=LR, adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0, max_grad_norm=1.0,
+        lr_scheduler_type="constant", warmup_steps=0, beta=0.0, loss_type="grpo", scale_rewards="group",
+        num_iterations=1, epsilon=0.2, shuffle_dataset=False, bf16=False, use_cpu=True, report_to=[],
+        save_strategy="no", logging_steps=1, max_steps=max_steps, disable_tqdm=True, log_completions=False,
+        seed=cfg.train.seed, gradient_checkpointing=False, dataloader_num_workers=0, **vllm_kw,
+    )
+    prof = PhaseLog()
+    prof.install()
+    steps, saved = [], []
+    budget = a.budget
+
+    class Clock(TrainerCallback):
+        start = t_step = None
+        paused = 0.0
+        marks = [m * budget for m in MARKS] if budget else []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.start = time.perf_counter()
+
+        def on_step_begin(self, args, state, control, **kw):
+            self.t_step = time.perf_counter()
+            prof.take()
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            wall = time.perf_counter() - self.t_step
+            row = trl_phases(prof.take(), wall)
+            row["wall"] = wall
+            steps.append(row)
+            elapsed = time.perf_counter() - self.start - self.paused
+            if self.marks and elapsed >= self.marks[0]:
+                t = time.perf_counter()
+                dst = out / f"ckpt-{len(saved)}"
+                trainer.model.save_pretrained(dst)
+                tok.save_pretrained(dst)
+                saved.append({"folder": str(dst), "elapsed": elapsed, "steps": state.global_step})
+                while self.marks and elapsed >= self.marks[0]:
+                    self.marks.pop(0)
+                self.paused += time.perf_counter() - t
+                if not self.marks:
+                    control.should_training_stop = True
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=train,
+                              processing_class=tok, callbacks=[Clock()])
+    setup = time.perf_counter() - t0
+    try:
+        trainer.train()
+    finally:
+        pool.close()
+    mon.stop()
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    tokens = [h.get("completions/mean_length", float("nan")) * per * G for h in trainer.state.log_history
+              if "reward" in h]
+    for row, r, n in zip(steps, rewards, tokens):
+        row["mean_reward"], row["tokens"] = r, n
+    return {"setup": setup, "steps": steps, "saved": saved, "peak_rss": mon.peak}
+
+
+def _import_trl_with_vllm():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from trl import GRPOConfig, GRPOTrainer
+    return GRPOConfig, GRPOTrainer
+
+
+# ---------------------------------------------------------------------------------- eval --
+def worker_eval(a) -> dict:
+    from grpo.evaluate import evaluate
+    from grpo.models.loader import load_causal_lm, resolve_model
+    from grpo.run_setup import build_scorer, load_run_data
+    from grpo.weights import policy_weights_for_engine
+    from rollouts import make_engine
+
+    cfg = run_config(a.model, Path(a.out) / "run")
+    task = load_run_data(cfg)
+    scorer = build_scorer(cfg)
+    folders = json.loads(a.folders)
+    engine = make_engine("vllm", resolve_model(a.model), max_model_len=cfg.rollout.max_model_len,
+                         max_num_seqs=32, seed=0)
+    results = {}
+    try:
+        for label, folder in folders.items():
+            if folder is not None:
+                engine.update_weights(policy_weights_for_engine(load_causal_lm(Path(folder))))
+            r = evaluate(engine, scorer, task.eval, k=1, temperature=0.0, max_tokens=MAX_TOKENS,
+                         seed=cfg.train.seed + 17, stop=tuple(cfg.rollout.stop))
+            results[label] = {"pass@1": r.pass_at_1, "stderr": r.stderr_pass_at_1, "n": r.n_problems}
+            print(f"eval {label}: pass@1 {r.pass_at_1:.3f} ± {r.stderr_pass_at_1:.3f}", flush=True)
+    finally:
+        engine.shutdown()
+        scorer.close()
+    return results
+
+
+WORKERS = {"ours": worker_ours, "trl": worker_trl, "eval": worker_eval}
+
+
+# ---------------------------------------------------------------------------- orchestration --
+def spawn(kind: str, out: Path, timeout: float, **kw) -> tuple[dict | None, str]:
+    """Run one worker in its own process (own peak RSS, own vLLM); return (result, error)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "bench.e2e_vs_trl", "--worker", kind, "--out", str(out)]
+    for k, v in kw.items():
+        if v is True:
+            cmd.append(f"--{k.replace('_', '-')}")
+        elif v not in (None, False):
+            cmd += [f"--{k.replace('_', '-')}", str(v)]
+    print(f"[{time.strftime('%H:%M:%S')}] {kind} {kw} (load {load_average():.1f})", flush=True)
+    log = out / f"{kind}.log"
+    try:
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {timeout:.0f} s"
+    res = out / "result.json"
+    if rc == 0 and res.is_file():
+        return json.loads(res.read_text()), ""
+    return None, last_error(log.read_text())
+
+
+def last_error(text: str) -> str:
+    lines = [x for x in text.strip().splitlines() if x.strip()]
+    for x in reversed(lines):
+        if "Error" in x or "error" in x or "Exception" in x:
+            return x.strip()[:300]
+    return (lines[-1] if lines else "no output")[:300]
+
+
+def mean_phases(steps: list[dict], skip: int) -> dict[str, float]:
+    timed = steps[skip:] or steps
+    keys = PHASES + ("wall", "tokens")
+    return {k: sum(s.get(k, 0.0) for s in timed) / len(timed) for k in keys}
+
+
+def speed_table(ours: dict, trl: dict, skip: int) -> tuple[str, dict]:
+    o, t = mean_phases(ours["steps"], skip), mean_phases(trl["steps"], skip)
+    rows = []
+    for k in PHASES + ("wall",):
+        ratio = t[k] / o[k] if o[k] > 1e-3 else float("nan")
+        rows.append([("**step total**" if k == "wall" else k), f"{o[k]:.2f}", f"{t[k]:.2f}",
+                     f"{ratio:.2f}x" if ratio == ratio else "-"])
+    rows.append(["completion tokens / step", f"{o['tokens']:.0f}", f"{t['tokens']:.0f}", ""])
+    rows.append(["peak RSS, process tree (GiB)", f"{ours['peak_rss'] / GIB:.2f}", f"{trl['peak_rss'] / GIB:.2f}",
+                 f"{trl['peak_rss'] / ours['peak_rss']:.2f}x"])
+    rows.append(["set-up before step 1 (s)", f"{ours['setup']:.1f}", f"{trl['setup']:.1f}", ""])
+    n = len(ours["steps"][skip:])
+    table = md_table([f"seconds per step (mean of {n} after {skip} warm-up)", "ours", "TRL", "TRL / ours"], rows)
+    return table, {"ours": o, "trl": t, "speedup": t["wall"] / o["wall"]}
+
+
+def learning_table(ours: dict, trl: dict, evals: dict) -> tuple[str, dict]:
+    rows = [["base model", "0", "0", f"{evals['base']['pass@1']:.3f} ± {evals['base']['stderr']:.3f}"]]
+    for side, res in (("ours", ours), ("TRL", trl)):
+        for i, s in enumerate(res["saved"]):
+            e = evals[f"{side}-{i}"]
+            rows.append([side, f"{s['elapsed']:.0f}", str(s["steps"]), f"{e['pass@1']:.3f} ± {e['stderr']:.3f}"])
+    trl_final = evals[f"TRL-{len(trl['saved']) - 1}"]["pass@1"]
+    trl_time = trl["saved"][-1]["elapsed"]
+    reach = next((s["elapsed"] for i, s in enumerate(ours["saved"]) if evals[f"ours-{i}"]["pass@1"] >= trl_final),
+                 None)
+    summary = {"trl_final": trl_final, "trl_time": trl_time, "ours_reach": reach,
+               "ours_final": evals[f"ours-{len(ours['saved']) - 1}"]["pass@1"], "base": evals["base"]["pass@1"],
+               "time_ratio": (reach / trl_time) if reach is not None else None,
+               "ours_steps": ours["saved"][-1]["steps"], "trl_steps": trl["saved"][-1]["steps"]}
+    table = md_table(["run", "loop seconds", "steps", "held-out pass@1 (greedy, 200 problems)"], rows)
+    return table, summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-moe")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--budget-min", type=float, default=6.0)
+    ap.add_argument("--skip-learning", action="store_true")
+    ap.add_argument("--skip-vllm-probe", action="store_true")
+    ap.add_argument("--workdir", default=None, help="keep checkpoints/logs here (default: a temp folder)")
+    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--budget", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--vllm", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--folders", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        result = WORKERS[a.worker](a)
+        Path(a.out, "result.json").write_text(json.dumps(result))
+        return
+
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="e2e_vs_trl-"))
+    model, out = a.model, {"model": a.model}
+    ours, err = spawn("ours", work / "ours_steps", 1800, model=model, steps=a.steps, warmup=a.warmup)
+    if ours is None:
+        raise SystemExit(f"our run failed: {err} (log: {work / 'ours_steps'})")
+    trl, err = spawn("trl", work / "trl_steps", 3600, model=model, steps=a.steps, warmup=a.warmup)
+    if trl is None and is_moe(model):
+        out["trl_moe_error"] = err
+        print(f"TRL could not run {model}: {err}\nfalling back to the dense smollm2-135m for both", flush=True)
+        model = out["model"] = "smollm2-135m"
+        ours, err = spawn("ours", work / "ours_steps_dense", 1800, model=model, steps=a.steps, warmup=a.warmup)
+        trl, err = spawn("trl", work / "trl_steps_dense", 3600, model=model, steps=a.steps, warmup=a.warmup)
+    if trl is None or ours is None:
+        raise SystemExit(f"TRL run failed: {err}")
+    if not a.skip_vllm_probe:
+        probe, perr = spawn("trl", work / "trl_vllm_probe", 900, model=model, steps=1, warmup=0, vllm=True)
+        out["trl_vllm_colocate"] = "works" if probe is not None else f"failed: {perr}"
+    table, speed = speed_table(ours, trl, a.warmup)
+    out["speed"] = speed
+    print(f"\n## End-to-end GRPO step, {model}: ours vs TRL {_trl_version()} GRPOTrainer "
+          f"(4 prompts x G=8, <= {MAX_TOKENS} tokens)\n")
+    print(table)
+    print(f"\nTRL generation: transformers generate (TRL vLLM colocate mode: {out.get('trl_vllm_colocate', 'not probed')})")
+    print(f"end-to-end speed-up: {speed['speedup']:.2f}x (target >= 3x: {'met' if speed['speedup'] >= 3 else 'MISSED'})")
+
+    if not a.skip_learning:
+        budget = a.budget_min * 60
+        lo, errl = spawn("ours", work / "ours_budget", budget * 2 + 900, model=model, budget=budget)
+        lt, errt = spawn("trl", work / "trl_budget", budget * 2 + 900, model=model, budget=budget)
+        if lo is None or lt is None:
+            raise SystemExit(f"learning runs failed: ours: {errl or 'ok'}; TRL: {errt or 'ok'}")
+        folders = {"base": None}
+        folders.update({f"ours-{i}": s["folder"] for i, s in enumerate(lo["saved"])})
+        folders.update({f"TRL-{i}": s["folder"] for i, s in enumerate(lt["saved"])})
+        evals, erre = spawn("eval", work / "eval", 3600, model=model, folders=json.dumps(folders))
+        if evals is None:
+            raise SystemExit(f"evaluation failed: {erre}")
+        table, learn = learning_table(lo, lt, evals)
+        learn.update(ours_setup=lo["setup"], trl_setup=lt["setup"], budget=budget,
+                     ours_train_reward=[s["mean_reward"] for s in lo["steps"]],
+                     trl_train_reward=[s.get("mean_reward") for s in lt["steps"]])
+        out["learning"] = learn
+        print(f"\n## Learning per wall-clock: {a.budget_min:g} min of loop time each, {model}\n")
+        print(table)
+        r = learn["time_ratio"]
+        verdict = (f"ours reached TRL's final {learn['trl_final']:.3f} after {learn['ours_reach']:.0f} s = "
+                   f"{r:.2f} of TRL's {learn['trl_time']:.0f} s (target <= 0.5: {'met' if r <= 0.5 else 'MISSED'})"
+                   if r is not None else
+                   f"ours never reached TRL's final {learn['trl_final']:.3f} within the budget (target MISSED)")
+        print("\n" + verdict)
+        print(f"set-up before step 1: ours {lo['setup']:.0f} s (vLLM engine start), TRL {lt['setup']:.0f} s")
+    print(f"\nlogs and checkpoints: {work}")
+    emit_result("e2e_vs_trl", out)
+
+
+def _trl_version() -> str:
+    from importlib.metadata import version
+
+    return version("trl")
+
+
+if __name__ == "__main__":
+    main()
