@@ -137,6 +137,7 @@ def reward(host, request):
     for p in host.canaries:
         p.kill()
         p.wait()
+    host.canaries.clear()  # the next backend's canaries are checked afresh
     ct.close()
 
 

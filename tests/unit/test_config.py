@@ -10,7 +10,9 @@ from grpo.config import RunConfig
 from grpo.config_io import describe_fields, load_config, parse_overrides
 from grpo.errors import ConfigError
 
-RECIPE_CONFIGS = sorted((Path(__file__).parents[2] / "recipes" / "configs").glob("*.yaml"))
+# GRPO run configs; train_reward_model*.yaml have their own schema (tested with that recipe).
+RECIPE_CONFIGS = sorted(p for p in (Path(__file__).parents[2] / "recipes" / "configs").glob("*.yaml")
+                        if not p.name.startswith("train_reward_model"))
 
 
 def test_defaults_are_valid():
