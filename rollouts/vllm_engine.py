@@ -87,8 +87,9 @@ class VLLMEngine:
 
             report_pre_truncation_logprobs(self._runner)
             repack_cpu_experts_on_reload(self._runner.model)
-            self._capture = VLLMRoutingCapture(self._runner)
-            self._experts = CPUExpertWriter(self._runner.model) if _is_cpu() else None
+            if _is_cpu():  # GPUs: vLLM records routing itself (enable_return_routed_experts)
+                self._capture = VLLMRoutingCapture(self._runner)
+                self._experts = CPUExpertWriter(self._runner.model)
         self.moe_layer_ids: list[int] = self._capture.layer_ids if self._capture else _moe_layer_ids_from_config(self.model_dir)
 
     # ---- generation -------------------------------------------------------------------------
@@ -221,15 +222,18 @@ class VLLMEngine:
 @contextmanager
 def _quiet_layerwise_reload(active: bool):
     """Layers whose weights we write directly get nothing from `reload_weights`, and vLLM
-    warns "Failed to load weights" for each (it keeps their kernel tensors: intended)."""
-    logger = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-    level = logger.level
+    warns "Failed to load weights" / "weights were not loaded" for them (it keeps
+    their kernel tensors: intended)."""
+    loggers = [logging.getLogger(f"vllm.model_executor.model_loader.reload.{m}") for m in ("layerwise", "inplace")]
+    levels = [lg.level for lg in loggers]
     if active:
-        logger.setLevel(logging.ERROR)
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _release_without_teardown(client) -> None:
