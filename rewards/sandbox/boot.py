@@ -62,8 +62,9 @@ def _tmpfs(target: str, size_mb: int, mode: str = "1777") -> None:
 def setup_filesystem(cfg: dict) -> None:
     """Carry out the launcher's fsview.plan with mount(2) (unshare backend; bwrap does it from its arguments)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # Open what must stay visible before anything covers it (some of it may live under /tmp).
+    handles = [(os.open(e, os.O_PATH | os.O_DIRECTORY), e) for e in cfg["rebind"]]
     _tmpfs("/tmp", cfg["tmpfs_mb"])
-    handles = [(os.open(e, os.O_PATH | os.O_DIRECTORY), e) for e in cfg["rebind"]]  # reach them once covered
     for h in cfg["hide"]:
         _tmpfs(h, 1, mode="0755")
     for fd, e in handles:

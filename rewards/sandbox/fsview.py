@@ -44,5 +44,7 @@ def plan(expose: list[str], hide: list[str],
     hid |= {a for a in map(blocked_ancestor, exp) if a}
     hid = {h for h in hid if h != "/" and not any(under(t, h) or under(h, t) for t in tmpfs_dirs)}
     outer = sorted(h for h in hid if not any(h != o and under(h, o) for o in hid))
-    rebind = sorted({e for e in exp if any(under(e, h) for h in outer)})
+    # Exposed directories under a hidden one, or under /tmp (a repo or venv cloned there),
+    # are bound back read-only on top of the covering tmpfs.
+    rebind = sorted({e for e in exp if any(under(e, h) for h in outer) or ("/tmp" in tmpfs_dirs and under(e, "/tmp"))})
     return outer, rebind
