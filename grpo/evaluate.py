@@ -40,6 +40,7 @@ def evaluate(engine, scorer, dataset, k: int = 1, temperature: float = 0.0, max_
              seed: int = 1234, correct_at: float = 1.0, primary: str | None = None,
              stop: tuple[str, ...] = ()) -> EvalResult:
     """Sample k completions per held-out prompt and score them with the training rewards."""
+    from grpo.run_setup import prompt_texts
     from rewards.types import GroupInfo
 
     rows = dataset.to_list()
@@ -50,8 +51,7 @@ def evaluate(engine, scorer, dataset, k: int = 1, temperature: float = 0.0, max_
     group = GroupInfo(group_ids=[x.prompt_index for x in completions], group_size=k,
                       finish_reasons=[x.finish_reason for x in completions],
                       completion_lengths=[len(x.completion_ids) for x in completions])
-    prompt_texts = [_prompt_text(rows[x.prompt_index]["prompt"]) for x in completions]
-    res = scorer(prompt_texts, [x.text for x in completions], columns=columns, group=group)
+    res = scorer(prompt_texts(rows, completions), [x.text for x in completions], columns=columns, group=group)
     name = primary or next(iter(res.per_function))
     scores = [s if s is not None else 0.0 for s in res.per_function[name]]
     correct = [[scores[i] >= correct_at for i in group.members(g)] for g in range(len(rows))]
@@ -60,12 +60,6 @@ def evaluate(engine, scorer, dataset, k: int = 1, temperature: float = 0.0, max_
     pk = sum(pass_at_k(len(c), sum(c), k) for c in correct) / len(rows)
     stderr = math.sqrt(max(p1 * (1 - p1), 1e-12) / len(rows))
     return EvalResult(len(rows), k, p1, pk, k, sum(res.total) / len(res.total), stderr)
-
-
-def _prompt_text(prompt) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(m["content"] for m in prompt if m["role"] == "user")
 
 
 def eval_cli(args) -> int:
