@@ -43,6 +43,26 @@ def tree_rss_bytes(pid: int | None = None) -> int:
     return total
 
 
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process and its live descendants (steadier than wall time
+    when other jobs share the cores; busy-waiting thread pools still inflate it)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid or os.getpid())
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
+
+
 def self_peak_rss_bytes() -> int:
     """The kernel's own high-water mark of this process's RSS (exact, not sampled)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -97,6 +117,25 @@ class RssMonitor:
         self._stop.set()
         self._thread.join()
         self.sample()
+
+
+def run_group(cmd: list[str], timeout: float, **kw) -> tuple[int | None, str, str]:
+    """Run `cmd` in its own process group; on timeout kill the whole group (workers, engines too).
+
+    Returns (exit code or None on timeout, stdout, stderr); stdout/stderr are "" when redirected
+    by the caller (`stdout=` / `stderr=` in kw)."""
+    import signal
+
+    capture = "stdout" not in kw
+    p = subprocess.Popen(cmd, start_new_session=True, text=True,
+                         **({"stdout": subprocess.PIPE, "stderr": subprocess.PIPE} if capture else {}), **kw)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out or "", err or ""
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        return None, out or "", err or ""
 
 
 def gib(n: float) -> str:

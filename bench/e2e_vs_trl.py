@@ -19,12 +19,12 @@ contexts, captured, + step wall time from a callback; train = step - the rest), 
 peak RSS of each run's process tree (reward workers included).
 
 Part 2 (learning per wall-clock): each side trains for `--budget-min` minutes of loop
-time; weights are saved at 1/8, 1/4, 1/2 and the end of the budget (the clock is paused
+time; weights are saved at 1/4, 1/2 and the end of the budget (the clock is paused
 while saving). One evaluation process then scores every checkpoint and the base model with
 the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, 200 held-out problems.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.e2e_vs_trl [--steps 3] [--warmup 1] [--budget-min 6]
-        [--skip-learning] [--skip-vllm-probe] [--model smollm2-135m-moe]
+        [--skip-speed] [--skip-learning] [--skip-vllm-probe] [--model smollm2-135m-moe]
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,11 +43,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench.common import GIB, RssMonitor, emit_result, load_average, md_table  # noqa: E402
+from bench.common import GIB, RssMonitor, emit_result, load_average, md_table, run_group, tree_cpu_seconds  # noqa: E402
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
 MAX_TOKENS, LR = 64, 1e-5
-MARKS = (0.125, 0.25, 0.5, 1.0)  # fractions of the budget at which weights are saved
+MARKS = (0.25, 0.5, 1.0)  # fractions of the budget at which weights are saved
 PHASES = ("generate", "reward", "train", "sync", "other")
 
 
@@ -99,11 +100,11 @@ def worker_ours(a) -> dict:
         if step == 1:
             clock["setup"] = time.perf_counter() - t0
             clock["start"] = time.perf_counter()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), tree_cpu_seconds()
         m = step_fn(state, step)
         wall = time.perf_counter() - t
         row = {k: m[f"time/{k}"] for k in PHASES[:4]}
-        row.update(wall=wall, other=wall - sum(row.values()), mean_reward=m["reward/mean"],
+        row.update(wall=wall, other=wall - sum(row.values()), cpu=tree_cpu_seconds() - c, mean_reward=m["reward/mean"],
                    tokens=m["completion/mean_tokens"] * cfg.train.prompts_per_step * cfg.rollout.group_size)
         steps.append(row)
         elapsed = time.perf_counter() - clock["start"] - clock["paused"]
@@ -217,7 +218,7 @@ def worker_trl(a) -> dict:
     budget = a.budget
 
     class Clock(TrainerCallback):
-        start = t_step = None
+        start = t_step = cpu = None
         paused = 0.0
         marks = [m * budget for m in MARKS] if budget else []
 
@@ -225,13 +226,13 @@ def worker_trl(a) -> dict:
             self.start = time.perf_counter()
 
         def on_step_begin(self, args, state, control, **kw):
-            self.t_step = time.perf_counter()
+            self.t_step, self.cpu = time.perf_counter(), tree_cpu_seconds()
             prof.take()
 
         def on_step_end(self, args, state, control, model=None, **kw):
             wall = time.perf_counter() - self.t_step
             row = trl_phases(prof.take(), wall)
-            row["wall"] = wall
+            row["wall"], row["cpu"] = wall, tree_cpu_seconds() - self.cpu
             steps.append(row)
             elapsed = time.perf_counter() - self.start - self.paused
             if self.marks and elapsed >= self.marks[0]:
@@ -315,10 +316,9 @@ def spawn(kind: str, out: Path, timeout: float, **kw) -> tuple[dict | None, str]
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     print(f"[{time.strftime('%H:%M:%S')}] {kind} {kw} (load {load_average():.1f})", flush=True)
     log = out / f"{kind}.log"
-    try:
-        with open(log, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
-    except subprocess.TimeoutExpired:
+    with open(log, "w") as f:
+        rc, _, _ = run_group(cmd, timeout, stdout=f, stderr=subprocess.STDOUT)
+    if rc is None:
         return None, f"timed out after {timeout:.0f} s"
     res = out / "result.json"
     if rc == 0 and res.is_file():
@@ -336,7 +336,7 @@ def last_error(text: str) -> str:
 
 def mean_phases(steps: list[dict], skip: int) -> dict[str, float]:
     timed = steps[skip:] or steps
-    keys = PHASES + ("wall", "tokens")
+    keys = PHASES + ("wall", "cpu", "tokens")
     return {k: sum(s.get(k, 0.0) for s in timed) / len(timed) for k in keys}
 
 
@@ -347,13 +347,15 @@ def speed_table(ours: dict, trl: dict, skip: int) -> tuple[str, dict]:
         ratio = t[k] / o[k] if o[k] > 1e-3 else float("nan")
         rows.append([("**step total**" if k == "wall" else k), f"{o[k]:.2f}", f"{t[k]:.2f}",
                      f"{ratio:.2f}x" if ratio == ratio else "-"])
+    rows.append(["CPU seconds per step (process tree)", f"{o['cpu']:.1f}", f"{t['cpu']:.1f}",
+                 f"{t['cpu'] / o['cpu']:.2f}x"])
     rows.append(["completion tokens / step", f"{o['tokens']:.0f}", f"{t['tokens']:.0f}", ""])
     rows.append(["peak RSS, process tree (GiB)", f"{ours['peak_rss'] / GIB:.2f}", f"{trl['peak_rss'] / GIB:.2f}",
                  f"{trl['peak_rss'] / ours['peak_rss']:.2f}x"])
     rows.append(["set-up before step 1 (s)", f"{ours['setup']:.1f}", f"{trl['setup']:.1f}", ""])
     n = len(ours["steps"][skip:])
     table = md_table([f"seconds per step (mean of {n} after {skip} warm-up)", "ours", "TRL", "TRL / ours"], rows)
-    return table, {"ours": o, "trl": t, "speedup": t["wall"] / o["wall"]}
+    return table, {"ours": o, "trl": t, "speedup": t["wall"] / o["wall"], "cpu_ratio": t["cpu"] / o["cpu"]}
 
 
 def learning_table(ours: dict, trl: dict, evals: dict) -> tuple[str, dict]:
@@ -381,6 +383,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--budget-min", type=float, default=6.0)
     ap.add_argument("--skip-learning", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-vllm-probe", action="store_true")
     ap.add_argument("--workdir", default=None, help="keep checkpoints/logs here (default: a temp folder)")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
@@ -395,58 +398,87 @@ def main() -> None:
         return
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="e2e_vs_trl-"))
-    model, out = a.model, {"model": a.model}
+    out = {"model": a.model}
+    use_vllm = False
+    if not a.skip_vllm_probe:  # TRL's fastest mode, if it runs here: one short step decides
+        probe, perr = spawn("trl", work / "trl_vllm_probe", 900, model=a.model, steps=1, warmup=0, vllm=True)
+        use_vllm = probe is not None
+        out["trl_vllm_colocate"] = "works" if use_vllm else f"failed: {perr}"
+    gen = "vLLM colocate" if use_vllm else "transformers generate (its default)"
+    print(f"TRL generation: {gen}; TRL's vLLM colocate mode: {out.get('trl_vllm_colocate', 'not probed')}")
+    model = a.model
+    if not a.skip_speed:
+        model = speed(work, a, use_vllm, out)
+    if not a.skip_learning:
+        try:
+            out["learning"] = learning(work, model, a.budget_min, use_vllm)
+        except RuntimeError as e:
+            out["learning_error"] = str(e)
+            print(f"\nlearning comparison did not finish: {e}")
+    if a.workdir is None:  # checkpoints are GBs; logs are kept
+        for ckpt in work.glob("*/ckpt-*"):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"\nlogs: {work}")
+    emit_result("e2e_vs_trl", out)
+
+
+def speed(work: Path, a, use_vllm: bool, out: dict) -> str:
+    """Seconds per step, both sides; returns the model used (dense if TRL cannot run the MoE)."""
+    model = a.model
     ours, err = spawn("ours", work / "ours_steps", 1800, model=model, steps=a.steps, warmup=a.warmup)
     if ours is None:
         raise SystemExit(f"our run failed: {err} (log: {work / 'ours_steps'})")
-    trl, err = spawn("trl", work / "trl_steps", 3600, model=model, steps=a.steps, warmup=a.warmup)
+    trl, err = spawn("trl", work / "trl_steps", 3600, model=model, steps=a.steps, warmup=a.warmup, vllm=use_vllm)
     if trl is None and is_moe(model):
         out["trl_moe_error"] = err
         print(f"TRL could not run {model}: {err}\nfalling back to the dense smollm2-135m for both", flush=True)
         model = out["model"] = "smollm2-135m"
         ours, err = spawn("ours", work / "ours_steps_dense", 1800, model=model, steps=a.steps, warmup=a.warmup)
-        trl, err = spawn("trl", work / "trl_steps_dense", 3600, model=model, steps=a.steps, warmup=a.warmup)
+        trl, err = spawn("trl", work / "trl_steps_dense", 3600, model=model, steps=a.steps, warmup=a.warmup,
+                         vllm=use_vllm)
     if trl is None or ours is None:
         raise SystemExit(f"TRL run failed: {err}")
-    if not a.skip_vllm_probe:
-        probe, perr = spawn("trl", work / "trl_vllm_probe", 900, model=model, steps=1, warmup=0, vllm=True)
-        out["trl_vllm_colocate"] = "works" if probe is not None else f"failed: {perr}"
-    table, speed = speed_table(ours, trl, a.warmup)
-    out["speed"] = speed
+    table, res = speed_table(ours, trl, a.warmup)
+    out["speed"] = res
     print(f"\n## End-to-end GRPO step, {model}: ours vs TRL {_trl_version()} GRPOTrainer "
           f"(4 prompts x G=8, <= {MAX_TOKENS} tokens)\n")
     print(table)
-    print(f"\nTRL generation: transformers generate (TRL vLLM colocate mode: {out.get('trl_vllm_colocate', 'not probed')})")
-    print(f"end-to-end speed-up: {speed['speedup']:.2f}x (target >= 3x: {'met' if speed['speedup'] >= 3 else 'MISSED'})")
+    print(f"\nend-to-end speed-up: {res['speedup']:.2f}x wall (target >= 3x: "
+          f"{'met' if res['speedup'] >= 3 else 'MISSED'}); {res['cpu_ratio']:.2f}x in CPU seconds")
+    return model
 
-    if not a.skip_learning:
-        budget = a.budget_min * 60
-        lo, errl = spawn("ours", work / "ours_budget", budget * 2 + 900, model=model, budget=budget)
-        lt, errt = spawn("trl", work / "trl_budget", budget * 2 + 900, model=model, budget=budget)
-        if lo is None or lt is None:
-            raise SystemExit(f"learning runs failed: ours: {errl or 'ok'}; TRL: {errt or 'ok'}")
-        folders = {"base": None}
-        folders.update({f"ours-{i}": s["folder"] for i, s in enumerate(lo["saved"])})
-        folders.update({f"TRL-{i}": s["folder"] for i, s in enumerate(lt["saved"])})
-        evals, erre = spawn("eval", work / "eval", 3600, model=model, folders=json.dumps(folders))
-        if evals is None:
-            raise SystemExit(f"evaluation failed: {erre}")
-        table, learn = learning_table(lo, lt, evals)
-        learn.update(ours_setup=lo["setup"], trl_setup=lt["setup"], budget=budget,
-                     ours_train_reward=[s["mean_reward"] for s in lo["steps"]],
-                     trl_train_reward=[s.get("mean_reward") for s in lt["steps"]])
-        out["learning"] = learn
-        print(f"\n## Learning per wall-clock: {a.budget_min:g} min of loop time each, {model}\n")
-        print(table)
-        r = learn["time_ratio"]
-        verdict = (f"ours reached TRL's final {learn['trl_final']:.3f} after {learn['ours_reach']:.0f} s = "
-                   f"{r:.2f} of TRL's {learn['trl_time']:.0f} s (target <= 0.5: {'met' if r <= 0.5 else 'MISSED'})"
-                   if r is not None else
-                   f"ours never reached TRL's final {learn['trl_final']:.3f} within the budget (target MISSED)")
-        print("\n" + verdict)
-        print(f"set-up before step 1: ours {lo['setup']:.0f} s (vLLM engine start), TRL {lt['setup']:.0f} s")
-    print(f"\nlogs and checkpoints: {work}")
-    emit_result("e2e_vs_trl", out)
+
+def learning(work: Path, model: str, budget_min: float, trl_vllm: bool) -> dict:
+    budget = budget_min * 60
+    lo, errl = spawn("ours", work / "ours_budget", budget * 2 + 900, model=model, budget=budget)
+    lt, errt = spawn("trl", work / "trl_budget", budget * 2 + 900, model=model, budget=budget, vllm=trl_vllm)
+    if lo is None or lt is None:
+        raise RuntimeError(f"ours: {errl or 'ok'}; TRL: {errt or 'ok'}")
+    folders = {"base": None}
+    folders.update({f"ours-{i}": s["folder"] for i, s in enumerate(lo["saved"])})
+    folders.update({f"TRL-{i}": s["folder"] for i, s in enumerate(lt["saved"])})
+    evals, erre = spawn("eval", work / "eval", 3600, model=model, folders=json.dumps(folders))
+    if evals is None:
+        raise RuntimeError(f"evaluation: {erre}")
+    table, learn = learning_table(lo, lt, evals)
+    learn.update(ours_setup=lo["setup"], trl_setup=lt["setup"], budget=budget,
+                 ours_train_reward=[s["mean_reward"] for s in lo["steps"]],
+                 trl_train_reward=[s.get("mean_reward") for s in lt["steps"]])
+    print(f"\n## Learning per wall-clock: {budget_min:g} min of loop time each, {model}\n")
+    print(table)
+    r = learn["time_ratio"]
+    verdict = (f"ours reached TRL's final {learn['trl_final']:.3f} after {learn['ours_reach']:.0f} s = "
+               f"{r:.2f} of TRL's {learn['trl_time']:.0f} s (target <= 0.5: {'met' if r <= 0.5 else 'MISSED'})"
+               if r is not None else
+               f"ours never reached TRL's final {learn['trl_final']:.3f} within the budget (target MISSED)")
+    print("\n" + verdict)
+    for side, rw in (("ours", learn["ours_train_reward"]), ("TRL", learn["trl_train_reward"])):
+        k = max(1, min(3, len(rw) // 2))
+        print(f"training reward, {side}: {len(rw)} steps, first {k} mean {sum(rw[:k]) / k:.3f} -> last {k} mean "
+              f"{sum(rw[-k:]) / k:.3f}")
+    print(f"set-up before step 1 (not in the budget): ours {lo['setup']:.0f} s (vLLM engine start), "
+          f"TRL {lt['setup']:.0f} s")
+    return learn
 
 
 def _trl_version() -> str:

@@ -24,7 +24,6 @@ import argparse
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench.common import GIB, RssMonitor, emit_result, md_table, mem_total_bytes, self_peak_rss_bytes, tree_rss_bytes  # noqa: E402
+from bench.common import (GIB, RssMonitor, emit_result, md_table, mem_total_bytes, run_group,  # noqa: E402
+                          self_peak_rss_bytes, tree_rss_bytes)
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
 SIZES = ("smollm2-135m", "smollm2-135m-moe")
@@ -137,14 +137,12 @@ def train_step_memory(model_name: str, lora: bool) -> dict:
     opt, sched = build_optimizer(model, optim_cfg, 10)
     batch = make_batch(tok, model.config.vocab_size)
     algo = AlgoConfig(is_correction="none")
-    after_load = tree_rss_bytes()
     t = time.perf_counter()
     for _ in range(2):
         policy_update(model, opt, sched, batch, algo, optim_cfg, max_tokens=64)
     secs = (time.perf_counter() - t) / 2
     peak = self_peak_rss_bytes()
-    return {"model": model_name, "lora": lora, "params": params, "trainable": trainable, "base": base,
-            "weights": after_load - base, "peak_delta": peak - base, "per_param": (peak - base) / params,
+    return {"model": model_name, "lora": lora, "params": params, "trainable": trainable, "base": base, "peak_delta": peak - base, "per_param": (peak - base) / params,
             "step_s": secs, "tokens": batch.num_completion_tokens}
 
 
@@ -154,10 +152,11 @@ def scaling(timeout: float) -> list[dict]:
         for lora in (False, True):
             cmd = [sys.executable, "-m", "bench.memory", "--worker", name] + (["--lora"] if lora else [])
             print(f"[{time.strftime('%H:%M:%S')}] train-step memory: {name} {'LoRA' if lora else 'full'}", flush=True)
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            lines = [x for x in p.stdout.splitlines() if x.startswith("{")]
-            if p.returncode != 0 or not lines:
-                raise SystemExit(f"memory worker {name} lora={lora} failed:\n{p.stderr[-2000:]}")
+            rc, out, err = run_group(cmd, timeout)
+            lines = [x for x in out.splitlines() if x.startswith("{")]
+            if rc != 0 or not lines:
+                raise SystemExit(f"memory worker {name} lora={lora} failed ({'timeout' if rc is None else rc}):\n"
+                                 f"{err[-2000:]}")
             rows.append(json.loads(lines[-1]))
     return rows
 
@@ -221,19 +220,23 @@ def main() -> None:
         rows = scaling(1200)
         result["scaling"] = rows
         print("\n## One GRPO train step (policy_update, 32 completions <= 64 tokens, AdamW): memory per parameter\n")
-        print(md_table(["model", "mode", "params", "trainable", "weights loaded (GiB)", "peak - pre-load (GiB)",
-                        "bytes / param", "s / step"],
+        print(md_table(["model", "mode", "params", "trainable", "peak - pre-load RSS (GiB)", "bytes / param",
+                        "s / step"],
                        [[r["model"], "LoRA" if r["lora"] else "full", f"{r['params'] / 1e6:.0f}M",
-                         f"{r['trainable'] / 1e6:.1f}M", f"{r['weights'] / GIB:.2f}", f"{r['peak_delta'] / GIB:.2f}",
+                         f"{r['trainable'] / 1e6:.1f}M", f"{r['peak_delta'] / GIB:.2f}",
                          f"{r['per_param']:.1f}", f"{r['step_s']:.1f}"] for r in rows]))
         table, ext = extrapolate(rows, demo, ram)
         result["largest"] = ext
         print(f"\n## Largest model that trains in this machine's {ram / GIB:.1f} GiB (EXTRAPOLATION, linear in "
               "parameters from the 2 sizes above, colocated vLLM engine included)\n")
         print(table)
-        print("\nCaveats: two points (a dense 135M and a 370M MoE) fix the slope; activation memory grows with "
-              "hidden size and active parameters, not total parameters, so for a dense model the projection "
-              "is rough; nothing else may use the RAM.")
+        print("\nHow: projected peak(N) = measured peak at the anchor + (train slope + engine bytes/param) x "
+              "(N - anchor params). Train slope: the difference of the two measured train steps over the difference "
+              "of their parameter counts. Engine bytes/param: the vLLM engine's measured RSS minus its KV cache, over "
+              "the demo model's parameters (it includes the engine's fixed runtime cost: conservative). Caveats: two "
+              "points (a dense 135M and a 370M MoE) fix the slope; activation memory grows with hidden size and "
+              "active parameters rather than total parameters, so the projection is rough; the same batch shape "
+              "(32 completions <= 64 tokens) is assumed; nothing else may use the RAM.")
     emit_result("memory", result)
 
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pstats
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import GIB, REPO, git_commit, load_average, machine_info, md_table, parse_results
+from bench.common import GIB, REPO, git_commit, load_average, machine_info, md_table, parse_results, run_group
 
 PY = sys.executable
 LOG_NOISE = re.compile(r"^(\(\w+ pid=\d+\)|\[W\d|\[rank|INFO|WARNING|DEBUG|Loading |Warning|\s*warnings\.warn|"
@@ -37,9 +37,10 @@ class Bench:
     timeout: float
     title: str
     quick_args: list[str] = field(default_factory=list)
+    module: str = ""  # default: bench.<name>
 
     def command(self, quick: bool) -> list[str]:
-        return [PY, "-m", f"bench.{self.name}"] + (self.quick_args if quick else self.args)
+        return [PY, "-m", self.module or f"bench.{self.name}"] + (self.quick_args if quick else self.args)
 
 
 BENCHES = [
@@ -51,8 +52,11 @@ BENCHES = [
           ["--n-math", "200"]),
     Bench("moe_replay", [], 1200, "MoE: train-vs-rollout KL with and without routing replay (R3)",
           ["--prompts", "4", "--max-tokens", "24"]),
-    Bench("e2e_vs_trl", ["--budget-min", "6"], 3600, "End-to-end GRPO vs TRL GRPOTrainer",
-          ["--steps", "1", "--budget-min", "1", "--skip-vllm-probe"]),
+    Bench("e2e_vs_trl", ["--skip-learning"], 2400, "End-to-end GRPO step: ours vs TRL GRPOTrainer",
+          ["--steps", "1", "--skip-learning", "--skip-vllm-probe"]),
+    Bench("e2e_learning", ["--skip-speed", "--budget-min", "6"], 3000,
+          "Learning per wall-clock: ours vs TRL GRPOTrainer, same budget", ["--skip-speed", "--budget-min", "1",
+                                                                           "--skip-vllm-probe"], "bench.e2e_vs_trl"),
     Bench("memory", [], 1500, "Memory: peak RSS per phase, largest trainable model",
           ["--demo-steps", "1", "--skip-scaling"]),
 ]
@@ -69,34 +73,38 @@ class Outcome:
     load_end: float
     results: list[dict] = field(default_factory=list)
     error: str = ""
+    when: str = ""  # UTC time the bench started
+    profile: str = ""  # markdown summary of a cProfile re-run, when a target was missed
+
+    def save(self, logs: Path) -> None:
+        d = {k: v for k, v in self.__dict__.items() if k != "bench"}
+        (logs / f"{self.bench.name}.json").write_text(json.dumps(d, indent=1))
+
+    @classmethod
+    def load(cls, bench: Bench, logs: Path) -> Outcome | None:
+        path = logs / f"{bench.name}.json"
+        return cls(bench=bench, **json.loads(path.read_text())) if path.is_file() else None
 
 
-def run(bench: Bench, quick: bool, logs: Path) -> Outcome:
+def run(bench: Bench, quick: bool, logs: Path, scale: float) -> Outcome:
     cmd = bench.command(quick)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])} (timeout {bench.timeout:.0f} s, load "
+    print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd[1:])} (timeout {bench.timeout * scale:.0f} s, load "
           f"{load_average():.1f})", flush=True)
     t, load0 = time.perf_counter(), load_average()
+    when = f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC"
     log = logs / f"{bench.name}.log"
-    try:
-        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=bench.timeout)
-        rc, out, err = p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as e:
-        rc, out, err = None, _text(e.stdout), _text(e.stderr)
+    rc, out, err = run_group(cmd, bench.timeout * scale, cwd=REPO, env=env)
     secs = time.perf_counter() - t
     log.write_text(f"$ {' '.join(cmd)}\n\n== stdout\n{out}\n== stderr\n{err}")
-    o = Outcome(bench, cmd, rc, secs, out, load0, load_average(), parse_results(out))
+    o = Outcome(bench, cmd, rc, secs, out, load0, load_average(), parse_results(out), when=when)
     if rc is None:
-        o.error = f"timed out after {bench.timeout:.0f} s"
+        o.error = f"timed out after {bench.timeout * scale:.0f} s"
     elif rc != 0:
         tail = [x for x in err.strip().splitlines() if x.strip()][-1:] or ["no stderr"]
         o.error = f"exit code {rc}: {tail[0][:300]}"
     print(f"    {'ok' if not o.error else o.error} in {secs / 60:.1f} min", flush=True)
     return o
-
-
-def _text(b) -> str:
-    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
 def clean(text: str) -> str:
@@ -125,7 +133,7 @@ def summarize_rollout(o: Outcome):
         targets.append(_target(o, "VLLMEngine >= 0.9x raw vLLM tokens/s", f(raw[1]), 0.9, "x"))
     if sync:
         targets.append(_target(o, "weight sync <= 3 s", f(sync[1]), 3.0, " s", lower_is_better=True))
-    return _tables(s), targets
+    return "", targets  # its own markdown tables are in the printed report
 
 
 def summarize_train_step(o: Outcome):
@@ -174,8 +182,13 @@ def summarize_e2e(o: Outcome):
     res = next((r for r in o.results if r["bench"] == "e2e_vs_trl"), None)
     targets = []
     if res:
-        targets.append(_target(o, "end-to-end step: ours >= 3x faster than TRL", res["speed"]["speedup"], 3.0, "x"))
+        if "speed" in res:
+            targets.append(_target(o, "end-to-end step: ours >= 3x faster than TRL", res["speed"]["speedup"], 3.0,
+                                   "x"))
         learn = res.get("learning")
+        if "learning_error" in res:
+            targets.append([o.bench.name, "ours reaches TRL's final held-out accuracy in <= 1/2 the time",
+                            "did not finish", "**NOT MEASURED**", res["learning_error"][:200]])
         if learn:
             r = learn["time_ratio"]
             label = "time for ours to reach TRL's final held-out accuracy <= 0.5 x TRL's time"
@@ -207,17 +220,14 @@ def _target(o: Outcome, label: str, value: float, bound: float, unit: str, lower
     return [o.bench.name, label, f"{value:.2f}{unit}", "met" if ok else "**MISSED**", miss]
 
 
-def _tables(text: str) -> str:
-    return "\n".join(x for x in text.splitlines() if x.startswith("|"))
-
-
 SUMMARIZE = {"rollout_throughput": summarize_rollout, "train_step": summarize_train_step,
              "reward_throughput": summarize_reward, "moe_replay": summarize_moe, "e2e_vs_trl": summarize_e2e,
-             "memory": summarize_memory}
+             "e2e_learning": summarize_e2e, "memory": summarize_memory}
 
 # A reduced re-run under cProfile for a bench that missed a target: where does the time go.
 PROFILES = {
     "e2e_vs_trl": ["-m", "bench.e2e_vs_trl", "--worker", "ours", "--steps", "1", "--warmup", "1"],
+    "e2e_learning": None,  # the table of accuracy vs time and the training rewards are the explanation
     "rollout_throughput": ["-m", "bench.rollout_throughput", "--rounds", "1", "--skip-hf", "--max-tokens", "64"],
     "memory": None,  # the phase table is the explanation
 }
@@ -232,10 +242,8 @@ def profile(name: str, logs: Path, timeout: float = 900) -> str:
     if name == "e2e_vs_trl":
         cmd += ["--out", str(logs / "profile_ours")]
     print(f"[{time.strftime('%H:%M:%S')}] profiling {name}: {' '.join(cmd[1:])}", flush=True)
-    try:
-        subprocess.run(cmd, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True,
-                       timeout=timeout)
-    except subprocess.TimeoutExpired:
+    rc, _, _ = run_group(cmd, timeout, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if rc is None:
         return f"(profile run timed out after {timeout:.0f} s)"
     if not prof.is_file():
         return "(profile run failed; see logs)"
@@ -254,16 +262,16 @@ def top_functions(prof: Path, n: int = 15) -> str:
 
 
 # ------------------------------------------------------------------------------ report --
-def report(outcomes: list[Outcome], profiles: dict[str, str], started: datetime.datetime, total: float,
-           quick: bool) -> str:
+def report(outcomes: list[Outcome], started: datetime.datetime, total: float, quick: bool, fresh: set[str]) -> str:
     mi = machine_info()
     targets = []
     sections = []
     for o in outcomes:
-        table, t = SUMMARIZE[o.bench.name](o) if not o.error or o.results or o.stdout else ("", [])
+        table, t = SUMMARIZE[o.bench.name](o)
         targets += t
-        body = [f"## {o.bench.title}\n", f"`HF_HUB_OFFLINE=1 python {' '.join(o.cmd[1:])}`  "
-                f"({o.seconds / 60:.1f} min, load average {o.load_start:.1f} -> {o.load_end:.1f})\n"]
+        body = [f"## {o.bench.title}\n", f"`HF_HUB_OFFLINE=1 python {' '.join(o.cmd[1:])}`  \n"
+                f"run {o.when}{'' if o.bench.name in fresh else ' (an earlier, separate run_all invocation)'}, "
+                f"{o.seconds / 60:.1f} min, load average {o.load_start:.1f} -> {o.load_end:.1f}\n"]
         if o.error:
             body.append(f"**Did not finish: {o.error}.** Partial output below.\n")
         if table:
@@ -271,13 +279,17 @@ def report(outcomes: list[Outcome], profiles: dict[str, str], started: datetime.
         report_text = clean(o.stdout)
         if report_text:
             body.append("Full printed report:\n\n" + _as_markdown(report_text) + "\n")
-        if o.bench.name in profiles:
-            body.append(f"### Profile (target missed)\n\n{profiles[o.bench.name]}\n")
+        if o.profile:
+            body.append(f"### Profile (target missed)\n\n{o.profile}\n")
         sections.append("\n".join(body))
+    whole = (f"whole run {total / 60:.1f} min" if len(fresh) == len(outcomes) else
+             f"this invocation ran {', '.join(sorted(fresh)) or 'nothing'} in {total / 60:.1f} min; the other benches "
+             f"come from earlier invocations (dates per section): the machine was too loaded to run all in one go")
     head = [
         "# Benchmark results\n",
         f"Written by `make bench` (`python -m bench.run_all{' --quick' if quick else ''}`) on "
-        f"{started:%Y-%m-%d %H:%M} UTC; whole run {total / 60:.1f} min.\n",
+        f"{started:%Y-%m-%d %H:%M} UTC; {whole}. Sum of bench run times: "
+        f"{sum(o.seconds for o in outcomes) / 60:.1f} min.\n",
         f"- machine: {mi['cpu']}, {mi['cores']} cores, {mi['ram_bytes'] / GIB:.1f} GiB RAM, "
         f"ISA {', '.join(mi['isa'])}, Python {mi['python']}, Linux {mi['kernel']}",
         f"- commit: {git_commit()}",
@@ -312,19 +324,30 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=[b.name for b in BENCHES])
     ap.add_argument("--out", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--timeout-scale", type=float, default=1.0,
+                    help="multiply every bench's timeout (a machine loaded by other jobs)")
+    ap.add_argument("--report-only", action="store_true", help="rewrite RESULTS.md from the saved bench/logs/*.json")
     ap.add_argument("--quick", action="store_true", help="reduced sizes: checks the pipeline, not the numbers")
     a = ap.parse_args()
     logs = REPO / "bench" / "logs"
     logs.mkdir(exist_ok=True)
+    (logs / ".gitignore").write_text("*\n")
     started, t0 = datetime.datetime.utcnow(), time.perf_counter()
-    outcomes = [run(b, a.quick, logs) for b in BENCHES if not a.only or b.name in a.only]
-    profiles = {}
-    if not a.no_profile:
-        for o in outcomes:
-            _, targets = SUMMARIZE[o.bench.name](o)
-            if any("MISSED" in t[3] for t in targets) and PROFILES.get(o.bench.name):
-                profiles[o.bench.name] = profile(o.bench.name, logs)
-    text = report(outcomes, profiles, started, time.perf_counter() - t0, a.quick)
+    outcomes, fresh = [], set()
+    for b in BENCHES:
+        if (a.only and b.name not in a.only) or a.report_only:
+            o = Outcome.load(b, logs)  # kept from an earlier invocation (e.g. --only, on a loaded machine)
+            if o is not None:
+                outcomes.append(o)
+            continue
+        o = run(b, a.quick, logs, a.timeout_scale)
+        _, targets = SUMMARIZE[b.name](o)
+        if not a.no_profile and any("MISSED" in t[3] for t in targets) and PROFILES.get(b.name):
+            o.profile = profile(b.name, logs)
+        o.save(logs)
+        outcomes.append(o)
+        fresh.add(b.name)
+    text = report(outcomes, started, time.perf_counter() - t0, a.quick, fresh)
     Path(a.out).write_text(text)
     print(f"\nwrote {a.out} ({(time.perf_counter() - t0) / 60:.1f} min)")
 
