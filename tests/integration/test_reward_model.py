@@ -33,12 +33,12 @@ def trained_rm(tmp_path_factory):
 
 def arithmetic(n: int, seed: int) -> tuple[list[str], list[str], list[str]]:
     """Prompts as the GRPO trainer passes them (no trailing newline), right and clearly wrong answers
-    (off by a third or more: what the recipe's default `negatives: far` teaches)."""
+    (off by half or more: what the recipe's default `negatives: far` teaches)."""
     rng = random.Random(seed)
     prompts, right, wrong = [], [], []
     for _ in range(n):
         a, b = rng.randint(10, 99), rng.randint(10, 99)
-        gap = rng.randint((a + b) // 3, a + b)
+        gap = rng.randint((a + b) // 2, a + b)
         prompts.append(f"Calculate {a} + {b}.")
         right.append(str(a + b))
         wrong.append(str(a + b + gap if rng.random() < 0.5 else a + b - gap))
