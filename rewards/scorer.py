@@ -60,16 +60,15 @@ class RewardScorer:
 
     @staticmethod
     def _bind(spec: RewardSpec, label: str, num_workers: int) -> BoundReward | TimedReward:
-        bound = bind(spec.name, spec.kwargs, label, num_workers)
         if spec.timeout_s is None:
-            return bound
+            return bind(spec.name, spec.kwargs, label, num_workers)
         if spec.timeout_s <= 0:
             raise RewardError(f"reward {label!r}: timeout_s must be > 0, got {spec.timeout_s}")
         if inspect.isclass(resolve(spec.name)) or is_registered(spec.name):
-            bound.close()
             raise RewardError(f"reward {label!r}: timeout_s runs a function in worker processes, which import it by "
                               "name: use 'package.module:function' or 'path/file.py:function' (built-in classes "
                               "have their own time limits: pass timeout_s in kwargs)")
+        bound = bind(spec.name, spec.kwargs, label, num_workers)
         return TimedReward(bound, spec.name, spec.timeout_s, num_workers, spec.fault_score)
 
     def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, list] | None = None,
