@@ -26,6 +26,7 @@ import re
 from concurrent.futures import Future
 
 from rewards.sandbox import JudgeSpec, Sandbox, SandboxLimits
+from rewards.sandbox.pool import default_hide
 from rewards.types import Scores
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -61,11 +62,14 @@ class CodeTests:
     timeout_s / memory_mb / max_processes: per-sample sandbox limits (SandboxLimits has the rest: `limits`).
     io_compare: stdin/stdout comparison: lines (trailing spaces/newlines ignored), tokens, exact.
     backend: sandbox backend, "auto" | "unshare" | "bwrap".
+    hide_paths: more directories to cover inside the sandbox, besides /root, /home and the current
+        directory: e.g. your dataset's folder, so a completion cannot read its own expected answers.
     """
 
     def __init__(self, partial_credit: bool = False, timeout_s: float = 10.0, memory_mb: int = 1024,
                  max_processes: int = 32, num_workers: int = 2, timeout_score: float = 0.0,
                  io_compare: str = "lines", backend: str = "auto", limits: dict | None = None,
+                 hide_paths: list[str] | None = None,
                  test_column: str = "test", entry_point_column: str = "entry_point",
                  test_list_column: str = "test_list", setup_column: str = "test_setup_code",
                  inputs_column: str = "inputs", outputs_column: str = "outputs",
@@ -77,7 +81,8 @@ class CodeTests:
                          setup=setup_column, inputs=inputs_column, outputs=outputs_column, prefix=prefix_column)
         lim = SandboxLimits(**{"timeout_s": timeout_s, "memory_mb": memory_mb, "max_processes": max_processes,
                                **(limits or {})})
-        self.sandbox = Sandbox(lim, num_workers=num_workers, backend=backend)
+        self.sandbox = Sandbox(lim, num_workers=num_workers, backend=backend,
+                               hide=default_hide() + [str(p) for p in hide_paths or []])
         self.__name__ = "code_tests"
 
     def _col(self, columns: dict, key: str, i: int):

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from rewards import RewardFunctionError, RewardScorer, RewardSpec
@@ -124,3 +129,22 @@ def test_sandbox_api_directly():
         assert (out.passed, out.total, out.status) == (1, 2, "ok")
         prog = sb.run_program("print(input()[::-1])", "abc\n")
         assert (prog.stdout, prog.status, prog.returncode) == ("cba\n", "ok", 0)
+
+
+def test_hide_paths_cover_a_dataset_folder():
+    data = Path(tempfile.mkdtemp(prefix="grpo-dataset-", dir="/var/lib"))  # outside the default-hidden dirs
+    try:
+        os.chmod(data, 0o755)
+        (data / "answers.txt").write_text("42")
+        os.chmod(data / "answers.txt", 0o644)
+        code = f"def f():\n    return int(open({str(data / 'answers.txt')!r}).read())\n"
+        open_ct = CodeTests(num_workers=1, timeout_s=5.0)
+        hidden_ct = CodeTests(num_workers=1, timeout_s=5.0, hide_paths=[str(data)])
+        try:
+            assert list(open_ct([""], [code], test_list=[["assert f() == 42"]])) == [1.0]  # readable by default
+            assert list(hidden_ct([""], [code], test_list=[["assert f() == 42"]])) == [0.0]
+        finally:
+            open_ct.close()
+            hidden_ct.close()
+    finally:
+        shutil.rmtree(data)
