@@ -175,7 +175,7 @@ def test_pathological_expression_times_out_and_is_counted(quick_timeout):
     t0 = time.monotonic()
     res = quick_timeout([""] * 3, ["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2}", "\\boxed{9^{9^{9^{9}}}}"],
                         solution=["1", "2", "1"])
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30  # bounded (1 s each, plus a worker restart on a loaded machine)
     assert list(res) == [-1.0, 1.0, -1.0]  # scored as configured, not dropped
     assert res.status == ["timeout", "ok", "timeout"]
 

@@ -28,8 +28,8 @@ def _numbers(pair: dict) -> tuple[int, int, int, int]:
 
 @pytest.mark.parametrize("negatives", ["far", "near", "mixed"])
 def test_pairs_are_right_vs_wrong_in_the_same_wording(negatives):
-    pairs = arithmetic_pairs(200, seed=0, cfg=RMConfig(negatives=negatives))
-    assert len(pairs) == 200 and len({p["prompt"] for p in pairs}) == 200  # each problem once
+    pairs = arithmetic_pairs(100, seed=0, cfg=RMConfig(negatives=negatives))
+    assert len(pairs) == 100 and len({p["prompt"] for p in pairs}) == 100  # each problem once
     for p in pairs:
         a, b, right, wrong = _numbers(p)
         assert p["prompt"].endswith("\n") and right == a + b and wrong != right and wrong >= 0
@@ -41,6 +41,6 @@ def test_pairs_are_right_vs_wrong_in_the_same_wording(negatives):
 
 
 def test_heldout_problems_are_disjoint_from_training():
-    train, held = load_pairs(RMConfig(n_train_pairs=300, n_eval_pairs=100))
-    assert len(held) == 100
+    train, held = load_pairs(RMConfig(n_train_pairs=100, n_eval_pairs=50))
+    assert len(held) == 50
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in held}

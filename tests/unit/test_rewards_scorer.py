@@ -305,8 +305,8 @@ def hangs_on_marked(prompts, completions, **columns):
 
 @pytest.mark.parametrize("on_fault", ["error", "count"])
 def test_timeout_s_bounds_a_hanging_user_function(on_fault):
-    spec = RewardSpec(f"{HERE}:hangs_on_marked", timeout_s=2.0, fault_score=-1.0)
-    with RewardScorer([spec], num_workers=2, on_fault=on_fault) as s:
+    spec = RewardSpec(f"{HERE}:hangs_on_marked", timeout_s=1.0, fault_score=-1.0)
+    with RewardScorer([spec], num_workers=1, on_fault=on_fault) as s:
         t0 = time.monotonic()
         res = s(["p"] * 3, ["ab", "hang", "abc"])
         assert time.monotonic() - t0 < 20
