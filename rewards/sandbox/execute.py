@@ -125,6 +125,8 @@ def run_judged(launcher: Launcher, cand: SlotIdentity, judge: SlotIdentity, code
     if results.forged:
         return TestOutcome(0, total, "error", results.forged, took)
     if not results.started:
+        if not finished:  # a machine too loaded to start the judge in time: a timeout, not a broken harness
+            return TestOutcome(0, total, "timeout", f"the judge did not start within {limits.timeout_s:g} s", took)
         return TestOutcome(0, total, "error", "the judge did not start: " + err.text()[-2000:], took)
     for kind, detail in results.events:
         if kind == "harness_error":
