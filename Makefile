@@ -24,7 +24,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m recipes.demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 tests/guarded.sh $(PY) -m pytest -q --timeout=1200 -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 tests/guarded.sh tests/run_tiers.sh $(PY)
 
 test-unit: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests/unit

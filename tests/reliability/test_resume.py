@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import signal
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -62,14 +63,21 @@ def _kill_writing_checkpoint_3(tg, reached):
 
     real = torch.save
 
-    def partial(obj, f, *a, **k):
+    def half_written(obj, f, *a, **k):
         if isinstance(obj, dict) and obj.get("step") == 3:  # step 3 trained and logged; its state half-written
             buf = io.BytesIO()
             real(obj, buf, *a, **k)
             Path(f).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
             reached()
         return real(obj, f, *a, **k)
-    torch.save = partial  # the child's own copy of torch (forked): the parent is not affected
+    torch.save = half_written  # the child process's own torch: the parent is not affected
+
+
+def _train_until_killed(kill, cfg, reached):
+    import recipes.train_grpo as tg
+
+    kill(tg, reached)
+    tg.main(cfg)
 
 
 @pytest.mark.parametrize("kill", [_kill_between_steps, _kill_writing_checkpoint_3],
@@ -78,12 +86,7 @@ def test_resumed_run_equals_uninterrupted(kill, tmp_path, tiny_cfg, uninterrupte
     import recipes.train_grpo as tg
 
     cfg = tiny_cfg(tmp_path, EXACT, model="mixtral")
-
-    def child(reached):
-        kill(tg, reached)
-        tg.main(cfg)
-
-    killed_at(child, signal.SIGKILL)
+    killed_at(partial(_train_until_killed, kill, cfg), signal.SIGKILL, fresh=True)  # trains: not a fork
     assert [p.name for p in list_checkpoints(tmp_path / "run")][0] == "step-000002"
     tg.main(tiny_cfg(tmp_path, [*EXACT, "train.resume=true"], model="mixtral"))
 
