@@ -108,7 +108,8 @@ class Launcher:
             args += ["--size", str(1 << 20), "--tmpfs", h]
         made: set[str] = set()
         for e in self.rebind:  # bwrap would create the way down to a rebound directory as 0700: make it 0755
-            root = next(h for h in self.hidden if e.startswith(h.rstrip("/") + "/"))
+            # the covering mount: a hidden directory, or a tmpfs dir (a venv or repo cloned under /tmp)
+            root = next(h for h in [*self.hidden, *TMPFS_DIRS] if e.startswith(h.rstrip("/") + "/"))
             parts = e[len(root):].strip("/").split("/")[:-1]
             for i in range(1, len(parts) + 1):
                 d = root.rstrip("/") + "/" + "/".join(parts[:i])
