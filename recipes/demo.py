@@ -1,7 +1,7 @@
 """The main job behind `make demo`.
 
 Builds the embedded smollm2-135m-moe (first use only), measures held-out
-accuracy, runs GRPO with vLLM rollouts on single-digit arithmetic, measures
+accuracy, runs GRPO with vLLM rollouts on 1-2 digit addition, measures
 again and prints a before/after table. Output: runs/demo/ with metrics.jsonl,
 TensorBoard logs, the final checkpoint and PNG plots.
 

@@ -203,6 +203,7 @@ def main(cfg: RunConfig, engine=None) -> dict:
                 sink.log(0, summary["before"])
         bar = tqdm(range(start, cfg.train.steps), desc="GRPO", disable=not state.is_main,
                    initial=start, total=cfg.train.steps)
+        last_saved: tuple[int, Path | None] = (-1, None)
         for step in bar:
             try:
                 metrics = train_step(state, step + 1)
@@ -215,16 +216,19 @@ def main(cfg: RunConfig, engine=None) -> dict:
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", loss=f"{metrics.get('loss', math.nan):.4f}",
                             kl_rollout=f"{metrics.get('rollout_kl_k3', math.nan):.1e}")
             if state.is_main and cfg.train.save_every and (step + 1) % cfg.train.save_every == 0:
-                save_checkpoint(run_dir, step + 1, state.policy, state.tokenizer, state.optimizer,
-                                state.scheduler, state.extra_state(), cfg.train.keep_checkpoints)
+                last_saved = (step + 1, save_checkpoint(run_dir, step + 1, state.policy, state.tokenizer,
+                                                        state.optimizer, state.scheduler, state.extra_state(),
+                                                        cfg.train.keep_checkpoints))
         summary["after"] = run_eval(state, cfg.train.steps, "after")
         if summary["after"]:
             sink.log(cfg.train.steps, summary["after"])
         sink.close()
         if state.is_main:
-            summary["checkpoint"] = str(save_checkpoint(
-                run_dir, cfg.train.steps, state.policy, state.tokenizer, state.optimizer, state.scheduler,
-                state.extra_state(), cfg.train.keep_checkpoints))
+            if last_saved[0] != cfg.train.steps:  # the final step's checkpoint, unless the loop just wrote it
+                last_saved = (cfg.train.steps, save_checkpoint(
+                    run_dir, cfg.train.steps, state.policy, state.tokenizer, state.optimizer, state.scheduler,
+                    state.extra_state(), cfg.train.keep_checkpoints))
+            summary["checkpoint"] = str(last_saved[1])
             if cfg.train.plots:
                 from grpo.plots import plot_run
 

@@ -36,3 +36,14 @@ def check(item: tuple[str, str]) -> tuple[float | None, str]:
         return 0.0, "unparseable"
     same = verify(list(gold_parsed), list(answer_parsed), timeout_seconds=None)
     return (1.0 if same else 0.0), "ok"
+
+
+def _warm_up() -> None:
+    """sympy builds its caches and imports submodules lazily on the first symbolic check: seconds
+    on a loaded CPU. Pay that once at worker start (before "ready"), not against an item's timeout."""
+    check(("x^2 + 2x + 1", "(x+1)^2"))
+    check(("\\frac{1}{2}", "0.5"))
+    _parse.cache_clear()
+
+
+_warm_up()  # this module is imported only by pool workers (TimeoutPool target)
