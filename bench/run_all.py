@@ -293,9 +293,9 @@ def report(outcomes: list[Outcome], started: datetime.datetime, total: float, qu
         f"- machine: {mi['cpu']}, {mi['cores']} cores, {mi['ram_bytes'] / GIB:.1f} GiB RAM, "
         f"ISA {', '.join(mi['isa'])}, Python {mi['python']}, Linux {mi['kernel']}",
         f"- commit: {git_commit()}",
-        "- shared machine: other engineers' jobs ran during these measurements (load averages per bench below; "
-        "2 cores). Every claim is a ratio measured side by side in the same run; absolute seconds are not "
-        "comparable across benches or runs.\n",
+        f"- load: each section gives the 1-minute load average at the bench's start and end ({mi['cores']} cores: "
+        "above that, other jobs competed with it). Every claim is a ratio measured side by side in the same "
+        "run; absolute seconds are not comparable across benches or runs.\n",
         "## Targets\n",
         md_table(["bench", "target", "measured", "verdict", "miss"], targets) if targets else "(no targets parsed)",
         "",

@@ -40,7 +40,7 @@ def plot_run(run_dir: Path) -> list[Path]:
         written.append(_save(fig, run_dir / "heldout_accuracy.png"))
 
     if any(k.startswith("moe/load/") for r in records for k in r):
-        from grpo.moe.stats import plot_expert_load
+        from grpo.moe.plots import plot_expert_load
 
         plot_expert_load(records, run_dir / "expert_load.png")
         written.append(run_dir / "expert_load.png")
