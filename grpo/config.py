@@ -91,6 +91,10 @@ class RewardFunctionConfig:
     name: str = doc("registered reward name, or package.module:function, or path/file.py:function", "")
     weight: float = doc("weight in the combined reward", 1.0)
     kwargs: dict[str, Any] = doc("keyword arguments for the reward", factory=dict)
+    timeout_s: Optional[float] = doc(
+        "your own function only: run it in worker processes with this hard limit per call (a hung "
+        "sample is counted as a timeout and scored fault_score); unset = in-process, no limit", None)
+    fault_score: float = doc("score of a sample whose reward faulted or timed out (on_fault=count)", 0.0)
 
 
 @dataclass

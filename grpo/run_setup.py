@@ -78,8 +78,21 @@ def load_run_data(cfg: RunConfig) -> TaskData:
 def build_scorer(cfg: RunConfig):
     from rewards import RewardScorer, RewardSpec
 
-    specs = [RewardSpec(name=f.name, weight=f.weight, kwargs=dict(f.kwargs)) for f in cfg.rewards.functions]
+    specs = [RewardSpec(name=f.name, weight=f.weight, kwargs=_reward_kwargs(cfg, f.name, f.kwargs),
+                        timeout_s=f.timeout_s, fault_score=f.fault_score) for f in cfg.rewards.functions]
     return RewardScorer(specs, num_workers=cfg.rewards.num_workers, on_fault=cfg.rewards.on_fault)
+
+
+def _reward_kwargs(cfg: RunConfig, name: str, kwargs: dict) -> dict:
+    """code_tests also covers the dataset's folder and the run's output folder inside its sandbox: a
+    completion must not read its own expected answer (data file) or the trainer's checkpoints."""
+    kwargs = dict(kwargs)
+    if name == "code_tests":
+        hide = [cfg.train.output_dir]
+        if Path(cfg.data.source).exists():
+            hide.append(str(Path(cfg.data.source).resolve().parent))
+        kwargs["hide_paths"] = [*kwargs.get("hide_paths", []), *hide]
+    return kwargs
 
 
 def prompt_texts(rows: list[dict], completions) -> list[str]:

@@ -218,23 +218,33 @@ def test_nothing_carries_over_to_the_next_sample(reward, host):
     _contained(reward, host, Attack("harvest_from_previous_sample", harvest))
 
 
-@pytest.mark.xfail(strict=True, reason="GAP (issue #10): a dataset file outside the hidden directories and "
-                   "world-readable (the usual 0644) is readable from the sandbox, so a completion can look up its "
-                   "own expected answer; code_tests does not hide data.source (nor train.output_dir) by itself")
-def test_reading_the_expected_answer_from_the_dataset_file(reward, host):
+def test_reading_the_expected_answer_from_the_dataset_file(reward, host, tmp_path):
+    """A user's data file (default mode 0644, outside the default hidden directories) is covered
+    inside the sandbox because the recipe gives code_tests its folder (run_setup._reward_kwargs);
+    the same reward without it can read the answer: the probe is real."""
     import json
     import os
+
+    from grpo.config_io import load_config
+    from grpo.run_setup import _reward_kwargs
 
     data = host.visible_dir / "my_dataset.jsonl"  # e.g. /data/mbpp.jsonl: a user's own file, default mode
     data.write_text(json.dumps({"question": "grpo-reliability-probe", "answer": host.token}) + "\n")
     os.chmod(data, 0o644)
+    cfg = load_config(None, [f"data.source={data}", f"train.output_dir={tmp_path}"])
+    kwargs = _reward_kwargs(cfg, "code_tests", {})
+    assert str(host.visible_dir) in kwargs["hide_paths"]
+    covered = CodeTests(timeout_s=TIMEOUT_S, memory_mb=256, max_processes=16, num_workers=1,
+                        backend=reward.sandbox.backend, **kwargs)
+    cheat = ("import os, json\ndef solve():\n    for d, _, files in os.walk('/var/lib'):\n        for f in files:\n"
+             "            if not f.endswith('.jsonl'):\n                continue\n            try:\n"
+             "                for line in open(os.path.join(d, f)):\n                    row = json.loads(line)\n"
+             "                    if row.get('question') == 'grpo-reliability-probe':\n"
+             "                        return row['answer']\n            except Exception:\n                pass\n")
     try:
-        cheat = ("import os, json\ndef solve():\n    for d, _, files in os.walk('/var/lib'):\n        for f in files:\n"
-                 "            if not f.endswith('.jsonl'):\n                continue\n            try:\n"
-                 "                for line in open(os.path.join(d, f)):\n                    row = json.loads(line)\n"
-                 "                    if row.get('question') == 'grpo-reliability-probe':\n"
-                 "                        return row['answer']\n            except Exception:\n                pass\n")
-        score, status, detail = run_attack(reward, host, Attack("read_dataset_answer", cheat))
-        assert score == 0.0, f"the completion read its expected answer from {data} ({status})"
+        assert run_attack(reward, host, Attack("read_dataset_answer", cheat))[0] == 1.0, "uncovered: readable"
+        score, status, detail = run_attack(covered, host, Attack("read_dataset_answer", cheat))
+        assert score == 0.0, f"the completion read its expected answer from {data} ({status}: {detail})"
     finally:
+        covered.close()
         data.unlink()

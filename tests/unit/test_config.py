@@ -85,3 +85,21 @@ def test_recipe_configs_exist():
 def test_every_recipe_yaml_loads(path):
     cfg = load_config(path)
     assert cfg.rewards.functions
+
+
+def test_reward_timeout_and_fault_score_reach_the_scorer_spec(tmp_path):
+    from grpo.run_setup import _reward_kwargs
+
+    data = tmp_path / "data" / "mbpp.jsonl"
+    data.parent.mkdir()
+    data.write_text("{}\n")
+    cfg = load_config(None, [f"data.source={data}", f"train.output_dir={tmp_path / 'out'}",
+                             "rewards.functions=[{name: 'my.mod:fn', timeout_s: 2.5, fault_score: -1}, "
+                             "{name: code_tests, kwargs: {hide_paths: [/srv/x]}}]"])
+    user, code = cfg.rewards.functions
+    assert (user.timeout_s, user.fault_score) == (2.5, -1.0)
+    assert _reward_kwargs(cfg, user.name, user.kwargs) == {}
+    assert _reward_kwargs(cfg, code.name, code.kwargs)["hide_paths"] == [
+        "/srv/x", str(tmp_path / "out"), str(data.parent)]
+    with pytest.raises(ConfigError, match="timeout_s"):
+        load_config(None, ["rewards.functions=[{name: 'my.mod:fn', timeout_s: soon}]"])
