@@ -46,7 +46,7 @@ class Bench:
 BENCHES = [
     Bench("rollout_throughput", ["--max-tokens", "128"], 1500,
           "Rollout throughput: VLLMEngine vs HFEngine vs raw vLLM", ["--max-tokens", "32", "--rounds", "1"]),
-    Bench("train_step", [], 1500, "Train phase: ours (packed) vs TRL GRPOTrainer, MFU",
+    Bench("train_step", ["--reps", "2"], 1500, "Train phase: ours (packed) vs TRL GRPOTrainer, MFU",
           ["--models", "smollm2-135m", "--reps", "1"]),
     Bench("reward_throughput", [], 900, "Reward throughput: math checks/s, sandboxed code execs/s",
           ["--n-math", "200"]),
@@ -148,7 +148,9 @@ def summarize_train_step(o: Outcome):
             rows.append([model, line[:28].strip(), parts[0], parts[2], parts[3], parts[4], parts[6]])
     table = md_table(["model", "variant", "best wall s", "completion tok/s", "MFU", "TRL / this (wall)",
                       "TRL / this (CPU time)"], rows) if rows else ""
-    return table, []
+    targets = [_target(o, f"train phase >= 2x TRL's ({r[0]}, wall)", f(r[5].rstrip("x")), 2.0, "x")
+               for r in rows if r[1].startswith("ours packed")]
+    return table, targets
 
 
 def summarize_reward(o: Outcome):
