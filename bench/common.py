@@ -63,8 +63,19 @@ def tree_cpu_seconds(pid: int | None = None) -> float:
     return total
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's RSS high-water mark from its current RSS (Linux: clear_refs 5).
+
+    Needed in a worker started by a big process: ru_maxrss survives fork + execve, so a fresh
+    worker of a 10 GiB parent would otherwise report 10 GiB whatever it does."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def self_peak_rss_bytes() -> int:
-    """The kernel's own high-water mark of this process's RSS (exact, not sampled)."""
+    """The kernel's own high-water mark of this process's RSS (VmHWM: exact, not sampled)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench.common import (GIB, RssMonitor, emit_result, md_table, mem_total_bytes, run_group,  # noqa: E402
-                          self_peak_rss_bytes, tree_rss_bytes)
+from bench.common import (GIB, RssMonitor, emit_result, md_table, mem_total_bytes, reset_peak_rss,  # noqa: E402
+                          run_group, self_peak_rss_bytes, tree_rss_bytes)
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
 SIZES = ("smollm2-135m", "smollm2-135m-moe")
@@ -127,6 +127,7 @@ def train_step_memory(model_name: str, lora: bool) -> dict:
     torch.manual_seed(0)
     folder = resolve_model(model_name)
     tok = load_tokenizer(folder)
+    reset_peak_rss()  # this worker's parent ran the demo (~10 GiB): its high-water mark came along
     base = tree_rss_bytes()
     mcfg = ModelConfig(name=model_name)
     mcfg.lora.enabled = lora

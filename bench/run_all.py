@@ -57,7 +57,7 @@ BENCHES = [
     Bench("e2e_learning", ["--skip-speed", "--budget-min", "6"], 3000,
           "Learning per wall-clock: ours vs TRL GRPOTrainer, same budget", ["--skip-speed", "--budget-min", "1",
                                                                            "--skip-vllm-probe"], "bench.e2e_vs_trl"),
-    Bench("memory", [], 1500, "Memory: peak RSS per phase, largest trainable model",
+    Bench("memory", ["--demo-steps", "5"], 1500, "Memory: peak RSS per phase, largest trainable model",
           ["--demo-steps", "1", "--skip-scaling"]),
 ]
 

@@ -137,7 +137,18 @@ def train_step(state: RunState, step: int) -> dict:
         "lr": state.scheduler.get_last_lr()[0],
     })
     metrics.update(state.moe_metrics(step))
+    metrics.update(process_memory())
     return metrics
+
+
+def process_memory() -> dict[str, float]:
+    """This process's resident memory now and its high-water mark so far (GiB; Linux /proc)."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    kib = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS:", "VmHWM:"))}
+    return {"memory/rss_gib": kib.get("VmRSS", 0) / 2**20, "memory/peak_rss_gib": kib.get("VmHWM", 0) / 2**20}
 
 
 def run_eval(state: RunState, step: int, label: str) -> dict:
