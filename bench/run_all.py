@@ -285,8 +285,8 @@ def report(outcomes: list[Outcome], started: datetime.datetime, total: float, qu
             body.append(f"### Profile (target missed)\n\n{o.profile}\n")
         sections.append("\n".join(body))
     whole = (f"whole run {total / 60:.1f} min" if len(fresh) == len(outcomes) else
-             f"this invocation ran {', '.join(sorted(fresh)) or 'nothing'} in {total / 60:.1f} min; the other benches "
-             f"come from earlier invocations (dates per section): the machine was too loaded to run all in one go")
+             f"this invocation ran {', '.join(sorted(fresh)) or 'no bench (report only)'} in {total / 60:.1f} min; "
+             f"the other benches come from earlier `--only` invocations (date and load per section)")
     head = [
         "# Benchmark results\n",
         f"Written by `make bench` (`python -m bench.run_all{' --quick' if quick else ''}`) on "
