@@ -72,6 +72,16 @@ class MetricsSink:
             self._wandb.finish()
 
 
+def process_memory() -> dict[str, float]:
+    """This process's resident memory now and its high-water mark so far (GiB; Linux /proc)."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    kib = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS:", "VmHWM:"))}
+    return {"memory/rss_gib": kib.get("VmRSS", 0) / 2**20, "memory/peak_rss_gib": kib.get("VmHWM", 0) / 2**20}
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Records of a JSONL file; a torn last line (the writer was killed mid-write) is skipped."""
     with open(path, encoding="utf-8") as f:

@@ -85,6 +85,7 @@ def train_step(state: RunState, step: int) -> dict:
     from grpo.advantages import zero_variance_groups
     from grpo.batch import RolloutBatch
     from grpo.dynamic_sampling import refill_zero_variance_groups
+    from grpo.metrics import process_memory
     from grpo.update import policy_update
 
     cfg, G = state.cfg, state.cfg.rollout.group_size
@@ -139,16 +140,6 @@ def train_step(state: RunState, step: int) -> dict:
     metrics.update(state.moe_metrics(step))
     metrics.update(process_memory())
     return metrics
-
-
-def process_memory() -> dict[str, float]:
-    """This process's resident memory now and its high-water mark so far (GiB; Linux /proc)."""
-    try:
-        status = Path("/proc/self/status").read_text().splitlines()
-    except OSError:
-        return {}
-    kib = {line.split(":")[0]: int(line.split()[1]) for line in status if line.startswith(("VmRSS:", "VmHWM:"))}
-    return {"memory/rss_gib": kib.get("VmRSS", 0) / 2**20, "memory/peak_rss_gib": kib.get("VmHWM", 0) / 2**20}
 
 
 def run_eval(state: RunState, step: int, label: str) -> dict:
