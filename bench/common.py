@@ -27,6 +27,17 @@ def tree_rss_bytes(pid: int | None = None) -> int:
     The toolkit's child processes are fresh interpreters (not forks of the trainer), so they
     share almost no pages with it and the sum does not double-count.
     """
+    return int(_sum_over_tree(pid, lambda p: p.memory_info().rss))
+
+
+def tree_cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process and its live descendants (steadier than wall time
+    when other jobs share the cores; busy-waiting thread pools still inflate it)."""
+    return float(_sum_over_tree(pid, lambda p: sum(p.cpu_times()[:2])))  # user + system
+
+
+def _sum_over_tree(pid: int | None, measure) -> float:
+    """measure(process) summed over a process and its live descendants (ones that vanish are skipped)."""
     import psutil
 
     try:
@@ -37,27 +48,7 @@ def tree_rss_bytes(pid: int | None = None) -> int:
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
-
-
-def tree_cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process and its live descendants (steadier than wall time
-    when other jobs share the cores; busy-waiting thread pools still inflate it)."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid or os.getpid())
-        procs = [proc] + proc.children(recursive=True)
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
+            total += measure(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return total
