@@ -201,6 +201,25 @@ def _step(model, optimizer, grad_clip: float, loss_finite: bool, dist=None) -> t
     return grad_norm, True
 
 
+def _zero_gradient_steps(model, optimizer, scheduler, iterations: int) -> dict[str, float]:
+    """The update when the gradient is exactly 0 (beta = 0, every advantage 0).
+
+    Not forwarding zero-advantage sequences is an exact optimisation; skipping the step would
+    not be: AdamW still moves the weights by its momentum (and decays them), and the schedule
+    counts the step, as in TRL and veRL. Zero gradients are materialised because AdamW leaves
+    parameters whose .grad is None untouched."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = float(optimizer.param_groups[0]["lr"])
+    for _ in range(iterations):
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    return {"zero_gradient_step": 1.0, "lr": lr, "loss": 0.0, "grad_norm": 0.0, "iterations": float(iterations)}
+
+
 def _token_counts(batch: RolloutBatch, plan: UpdatePlan) -> dict[str, float]:
     mbs = plan.micro_batches
     return {
@@ -236,13 +255,14 @@ def policy_update(
     temp = algo.temperature if algo.temperature is not None else temperature
     rows = auto_row_tokens(model, optim_cfg.micro_batch_tokens)
     plan = plan_update(batch, algo, optim_cfg, max_tokens=max_tokens, max_row_tokens=rows)
-    out: dict[str, float] = {**_token_counts(batch, plan), "nonfinite": 0.0}
+    out: dict[str, float] = {**_token_counts(batch, plan), "nonfinite": 0.0, "zero_gradient_step": 0.0}
     n_forwarded = float(len(plan.micro_batches))
     if dist is not None and dist.enabled:
         seqs, toks, n_forwarded = dist.sum_floats([plan.norm.num_sequences, plan.norm.num_tokens, n_forwarded])
         plan.norm = LossNorm(seqs, toks, plan.norm.max_tokens)
-    if n_forwarded == 0:  # nothing carries gradient anywhere: no step (AdamW would still move weights)
-        out.update(update_skipped=1.0, time=time.perf_counter() - t0)
+    if n_forwarded == 0:  # every rank: nothing carries gradient
+        out.update(_zero_gradient_steps(model, optimizer, scheduler, algo.num_iterations))
+        out["time"] = time.perf_counter() - t0
         return out
     inp = PassInputs(batch.sampler_logp(), temperature=temp, chunk=optim_cfg.logprob_chunk, forward_hook=forward_hook)
     t = time.perf_counter()

@@ -104,6 +104,36 @@ def test_nonfinite_grad_norm_skips_update(llama):
     assert all(torch.equal(p, before[n]) for n, p in llama.named_parameters())
 
 
+def test_all_zero_advantage_batch_takes_the_adamw_step_of_a_zero_gradient(llama):
+    """Skipping the forward of zero-advantage sequences must not change the trajectory: with every
+    advantage 0 the gradient is 0 and AdamW still steps (momentum, weight decay), schedule included."""
+    import copy
+
+    cfg = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=3)
+    opt, sched = build_optimizer(llama, cfg, total_steps=10)
+    policy_update(llama, opt, sched, make_batch(llama.config.vocab_size), AlgoConfig(), cfg)  # Adam state
+    twin = copy.deepcopy(llama)
+    twin_opt, twin_sched = build_optimizer(twin, cfg, total_steps=10)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # load_state_dict would share the tensors
+    twin_sched.load_state_dict(sched.state_dict())
+    for p in twin.parameters():  # the plain way: a zero gradient, one step
+        p.grad = torch.zeros_like(p)
+    twin_opt.step()
+    twin_sched.step()
+
+    zero = make_batch(llama.config.vocab_size, seed=1)
+    zero.advantages.zero_()
+    m = policy_update(llama, opt, sched, zero, AlgoConfig(), cfg)
+    assert m["zero_gradient_step"] == 1.0 and m["micro_batches"] == 0 and m["nonfinite"] == 0.0
+    assert sched.last_epoch == twin_sched.last_epoch == 2
+    for (n, p), q in zip(llama.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, atol=0, rtol=0)
+        assert p.grad is None
+    before = {n: p.detach().clone() for n, p in llama.named_parameters()}
+    policy_update(llama, opt, sched, zero, AlgoConfig(), cfg)
+    assert all(not torch.equal(p, before[n]) for n, p in llama.named_parameters())  # momentum keeps moving
+
+
 def test_update_moves_weights_iterations_and_metrics(llama):
     batch = make_batch(llama.config.vocab_size, truncate_first=True)
     opt, sched = build_optimizer(llama, OptimConfig(lr=1e-3, warmup_steps=4), total_steps=10)
