@@ -19,12 +19,12 @@ contexts, captured, + step wall time from a callback; train = step - the rest), 
 peak RSS of each run's process tree (reward workers included).
 
 Part 2 (learning per wall-clock): each side trains for `--budget-min` minutes of loop
-time; weights are saved at 1/4, 1/2 and the end of the budget (the clock is paused
-while saving). One evaluation process then scores every checkpoint and the base model with
+time; weights are saved at fractions of the budget (MARKS; the clock is paused while
+saving). `--seed` changes train.seed of both runs (sampling randomness only). One evaluation process then scores every checkpoint and the base model with
 the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, 200 held-out problems.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.e2e_vs_trl [--steps 3] [--warmup 1] [--budget-min 6]
-        [--skip-speed] [--skip-learning] [--skip-vllm-probe] [--model smollm2-135m-moe]
+        [--skip-speed] [--skip-learning] [--skip-vllm-probe] [--seed 0] [--model smollm2-135m-moe]
 """
 
 from __future__ import annotations
@@ -47,17 +47,22 @@ from bench.common import GIB, RssMonitor, emit_result, load_average, md_table, r
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
 MAX_TOKENS, LR = 64, 1e-5
-MARKS = (0.25, 0.5, 1.0)  # fractions of the budget at which weights are saved
+# Fractions of the budget at which weights are saved: ours densely around 1/2 (the target's
+# threshold), TRL at the end (its final accuracy is the bar) and half way (its curve).
+MARKS = {"ours": (0.25, 0.375, 0.5, 0.75, 1.0), "trl": (0.5, 1.0)}
 PHASES = ("generate", "reward", "train", "sync", "other")
 
 
-def run_config(model: str, run_dir: Path, steps: int = 100_000):
+def run_config(model: str, run_dir: Path, steps: int = 100_000, seed: int = 0):
+    """The demo recipe with the shared settings; `seed` (train.seed) varies only the sampling
+    randomness: the prompts and their order (data.seed) stay the same."""
     from grpo.config_io import load_config
 
     over = [f"model.name={model}", f"rollout.max_tokens={MAX_TOKENS}", f"optim.lr={LR}", "optim.schedule=constant",
             "algo.beta=0.0", "algo.loss=grpo", "algo.advantage=group", "moe.kl_diag_every=0",
             f"train.output_dir={run_dir.parent}", f"train.run_name={run_dir.name}", f"train.steps={steps}",
-            "train.tensorboard=false", "train.plots=false"]
+            "train.tensorboard=false", "train.plots=false",
+            f"train.seed={seed}"]
     if not is_moe(model):
         over += ["moe.routing_replay=none", "rollout.return_routing=false"]
     return load_config(DEMO, over)
@@ -91,8 +96,8 @@ def worker_ours(a) -> dict:
     mon = RssMonitor().start()
     t0 = time.perf_counter()
     n = a.warmup + a.steps if not a.budget else 100_000
-    cfg = run_config(a.model, out / "run", steps=n)
-    marks = [m * a.budget for m in MARKS] if a.budget else []
+    cfg = run_config(a.model, out / "run", steps=n, seed=a.seed)
+    marks = [m * a.budget for m in MARKS["ours"]] if a.budget else []
     steps, saved, clock = [], [], {"setup": 0.0, "start": 0.0, "paused": 0.0}
     step_fn = recipe.train_step
 
@@ -188,7 +193,7 @@ def worker_trl(a) -> dict:
     out = Path(a.out)
     mon = RssMonitor().start()
     t0 = time.perf_counter()
-    cfg = run_config(a.model, out / "run")
+    cfg = run_config(a.model, out / "run", seed=a.seed)
     seed_everything(cfg.train.seed)
     task = load_run_data(cfg)
     max_steps = a.warmup + a.steps if not a.budget else 100_000
@@ -221,7 +226,7 @@ def worker_trl(a) -> dict:
     class Clock(TrainerCallback):
         start = t_step = cpu = None
         paused = 0.0
-        marks = [m * budget for m in MARKS] if budget else []
+        marks = [m * budget for m in MARKS["trl"]] if budget else []
 
         def on_train_begin(self, args, state, control, **kw):
             self.start = time.perf_counter()
@@ -386,6 +391,8 @@ def main() -> None:
     ap.add_argument("--skip-learning", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-vllm-probe", action="store_true")
+    ap.add_argument("--probe-from", help="reuse the TRL vLLM probe verdict of an earlier run (run_all outcome json)")
+    ap.add_argument("--seed", type=int, default=0, help="train.seed of both runs (sampling randomness)")
     ap.add_argument("--workdir", default=None, help="keep checkpoints/logs here (default: a temp folder)")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -401,7 +408,11 @@ def main() -> None:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="e2e_vs_trl-"))
     out = {"model": a.model}
     use_vllm = False
-    if not a.skip_vllm_probe:  # TRL's fastest mode, if it runs here: one short step decides
+    earlier = earlier_probe(a.probe_from) if a.probe_from else None
+    if earlier is not None:  # decided by this bench's earlier run (make bench: the speed section)
+        out["trl_vllm_colocate"] = earlier
+        use_vllm = earlier == "works"
+    elif not a.skip_vllm_probe:  # TRL's fastest mode, if it runs here: one short step decides
         probe, perr = spawn("trl", work / "trl_vllm_probe", 900, model=a.model, steps=1, warmup=0, vllm=True)
         use_vllm = probe is not None
         out["trl_vllm_colocate"] = "works" if use_vllm else f"failed: {perr}"
@@ -412,7 +423,7 @@ def main() -> None:
         model = speed(work, a, use_vllm, out)
     if not a.skip_learning:
         try:
-            out["learning"] = learning(work, model, a.budget_min, use_vllm)
+            out["learning"] = learning(work, model, a.budget_min, use_vllm, a.seed)
         except RuntimeError as e:
             out["learning_error"] = str(e)
             print(f"\nlearning comparison did not finish: {e}")
@@ -421,6 +432,20 @@ def main() -> None:
             shutil.rmtree(ckpt, ignore_errors=True)
     print(f"\nlogs: {work}")
     emit_result("e2e_vs_trl", out)
+
+
+def earlier_probe(path: str) -> str | None:
+    """The vLLM-colocate verdict saved by an earlier run of this bench (a run_all outcome file,
+    bench/logs/e2e_vs_trl.json), if it made one; None = probe again."""
+    from bench.common import parse_results
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    for r in parse_results(json.loads(p.read_text()).get("stdout", "")):
+        if r.get("bench") == "e2e_vs_trl" and "trl_vllm_colocate" in r:
+            return r["trl_vllm_colocate"]
+    return None
 
 
 def speed(work: Path, a, use_vllm: bool, out: dict) -> str:
@@ -449,10 +474,11 @@ def speed(work: Path, a, use_vllm: bool, out: dict) -> str:
     return model
 
 
-def learning(work: Path, model: str, budget_min: float, trl_vllm: bool) -> dict:
+def learning(work: Path, model: str, budget_min: float, trl_vllm: bool, seed: int = 0) -> dict:
     budget = budget_min * 60
-    lo, errl = spawn("ours", work / "ours_budget", budget * 2 + 900, model=model, budget=budget)
-    lt, errt = spawn("trl", work / "trl_budget", budget * 2 + 900, model=model, budget=budget, vllm=trl_vllm)
+    lo, errl = spawn("ours", work / "ours_budget", budget * 2 + 900, model=model, budget=budget, seed=seed)
+    lt, errt = spawn("trl", work / "trl_budget", budget * 2 + 900, model=model, budget=budget, vllm=trl_vllm,
+                     seed=seed)
     if lo is None or lt is None:
         raise RuntimeError(f"ours: {errl or 'ok'}; TRL: {errt or 'ok'}")
     folders = {"base": None}
@@ -473,6 +499,12 @@ def learning(work: Path, model: str, budget_min: float, trl_vllm: bool) -> dict:
                if r is not None else
                f"ours never reached TRL's final {learn['trl_final']:.3f} within the budget (target MISSED)")
     print("\n" + verdict)
+    per_step = {side: (learn[f"{key}_final"] - learn["base"]) / max(learn[f"{key}_steps"], 1)
+                for side, key in (("ours", "ours"), ("TRL", "trl"))}
+    learn["gain_per_step"] = per_step
+    print(f"held-out gain per optimiser step (final checkpoint): ours {per_step['ours']:+.4f}, "
+          f"TRL {per_step['TRL']:+.4f}; steps per minute: ours {learn['ours_steps'] / budget_min:.2f}, "
+          f"TRL {learn['trl_steps'] / budget_min:.2f}")
     for side, rw in (("ours", learn["ours_train_reward"]), ("TRL", learn["trl_train_reward"])):
         k = max(1, min(3, len(rw) // 2))
         print(f"training reward, {side}: {len(rw)} steps, first {k} mean {sum(rw[:k]) / k:.3f} -> last {k} mean "
