@@ -44,7 +44,7 @@ class Bench:
 
 
 BENCHES = [
-    Bench("rollout_throughput", ["--max-tokens", "128"], 1500,
+    Bench("rollout_throughput", ["--max-tokens", "128", "--rounds", "2"], 1500,
           "Rollout throughput: VLLMEngine vs HFEngine vs raw vLLM", ["--max-tokens", "32", "--rounds", "1"]),
     Bench("train_step", ["--reps", "2"], 1500, "Train phase: ours (packed) vs TRL GRPOTrainer, MFU",
           ["--models", "smollm2-135m", "--reps", "1"]),
