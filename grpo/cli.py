@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 from grpo.errors import GrpoError
-from rewards.errors import RewardError  # light: no torch
 
 
 def _train_epilog() -> str:
@@ -107,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"train": _cmd_train, "eval": _cmd_eval, "upcycle": _cmd_upcycle, "models": _cmd_models}
     try:
         return handlers[args.cmd](args)
-    except (GrpoError, RewardError) as e:  # a user-fixable problem: one line, no traceback
+    except GrpoError as e:  # a user-fixable problem: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -244,9 +244,8 @@ if __name__ == "__main__":
     import sys
 
     from grpo.config_io import load_config
-    from rewards.errors import RewardError
 
     try:
         main(load_config(sys.argv[1] if len(sys.argv) > 1 else None, sys.argv[2:]))
-    except (GrpoError, RewardError) as e:
+    except GrpoError as e:  # RewardError included
         raise SystemExit(f"error: {e}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from grpo.errors import GrpoError  # dependency-free: one base class for every user-fixable error
 
-class RewardError(Exception):
+
+class RewardError(GrpoError):
     """A reward problem the user has to fix (configuration, data, or a reward function)."""
 
 
