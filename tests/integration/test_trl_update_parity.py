@@ -26,6 +26,7 @@ from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
 from grpo.moe_controller import MoEController
 from grpo.update import PassInputs, accumulate_gradients, plan_update
 from rollouts import SamplingConfig, policy_weights
+from tests.trl_inputs import grads_of, trl_inputs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,25 +40,6 @@ def diverge_experts(model) -> None:
         for name, p in model.named_parameters():
             if ".experts." in name:
                 p.add_(torch.randn(p.shape, generator=gen) * p.std() * 0.3)
-
-
-def trl_padded_inputs(batch: RolloutBatch, pad_id: int) -> dict:
-    N, P = len(batch), max(map(len, batch.prompt_ids))
-    prompt_ids, prompt_mask = torch.full((N, P), pad_id), torch.zeros(N, P, dtype=torch.long)
-    for i, p in enumerate(batch.prompt_ids):  # TRL left-pads prompts
-        prompt_ids[i, P - len(p):], prompt_mask[i, P - len(p):] = torch.tensor(p), 1
-    mask = batch.completion_mask().long()
-    comp = torch.full(mask.shape, pad_id)
-    for i, c in enumerate(batch.completion_ids):
-        comp[i, : len(c)] = torch.tensor(c)
-    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": comp, "completion_mask": mask,
-            "advantages": batch.advantages, "num_items_in_batch": mask.sum(), "old_per_token_logps": None}
-
-
-def grads_of(model) -> dict[str, torch.Tensor]:
-    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return out
 
 
 def test_our_update_matches_trl_on_the_embedded_moe(vllm_engine, restore_weights):
@@ -86,7 +68,7 @@ def test_our_update_matches_trl_on_the_embedded_moe(vllm_engine, restore_weights
     trainer.current_gradient_accumulation_steps = 1
     model.train()
     model.zero_grad(set_to_none=True)
-    trl_loss = trainer.compute_loss(model, trl_padded_inputs(batch, tok.pad_token_id))
+    trl_loss = trainer.compute_loss(model, trl_inputs(batch, tok.pad_token_id, None))
     trl_loss.backward()
     trl_grads = grads_of(model)
     router = [n for n in trl_grads if n.endswith("block_sparse_moe.gate.weight") or n.endswith("mlp.gate.weight")]

@@ -20,6 +20,7 @@ from grpo.batch import RolloutBatch
 from grpo.config import AlgoConfig, OptimConfig
 from grpo.models.loader import load_causal_lm, load_tokenizer
 from grpo.update import PassInputs, accumulate_gradients, nograd_logprobs, plan_update
+from tests.trl_inputs import grads_of, trl_inputs
 
 G, MAX_LEN, TEMP = 4, 16, 0.7
 
@@ -61,30 +62,6 @@ def rollouts(V: int, pad_id: int) -> RolloutBatch:
     rewards = torch.rand(len(comps), generator=g)
     adv = compute_advantages(rewards, gids, "group")
     return RolloutBatch(prompts, comps, [[] for _ in comps], adv, gids, [False] * len(comps))
-
-
-def trl_inputs(batch: RolloutBatch, pad_id: int, old: torch.Tensor, ref: torch.Tensor | None) -> dict:
-    N, P = len(batch), max(map(len, batch.prompt_ids))
-    prompt_ids = torch.full((N, P), pad_id)
-    prompt_mask = torch.zeros(N, P, dtype=torch.long)
-    for i, p in enumerate(batch.prompt_ids):  # TRL left-pads prompts
-        prompt_ids[i, P - len(p):], prompt_mask[i, P - len(p):] = torch.tensor(p), 1
-    mask = batch.completion_mask().long()
-    comp = torch.full(mask.shape, pad_id)
-    for i, c in enumerate(batch.completion_ids):
-        comp[i, : len(c)] = torch.tensor(c)
-    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": comp,
-              "completion_mask": mask, "advantages": batch.advantages, "num_items_in_batch": mask.sum(),
-              "old_per_token_logps": old}
-    if ref is not None:
-        inputs["ref_per_token_logps"] = ref
-    return inputs
-
-
-def grads_of(model) -> dict[str, torch.Tensor]:
-    out = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return out
 
 
 CASES = {  # ours: AlgoConfig, kl_ratio    TRL: loss_type, importance_sampling_level (+ use_bias_correction_kl)
