@@ -20,8 +20,8 @@ peak RSS of each run's process tree (reward workers included).
 
 Part 2 (learning per wall-clock): each side trains for `--budget-min` minutes of loop
 time; weights are saved at fractions of the budget (MARKS; the clock is paused while
-saving). `--seed` changes train.seed of both runs (sampling randomness only). One evaluation process then scores every checkpoint and the base model with
-the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, 200 held-out problems.
+saving). `--seed` changes train.seed of both runs (sampling randomness only). One
+evaluation process then scores every checkpoint and the base model with the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, 200 held-out problems.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.e2e_vs_trl [--steps 3] [--warmup 1] [--budget-min 6]
         [--skip-speed] [--skip-learning] [--skip-vllm-probe] [--seed 0] [--model smollm2-135m-moe]
@@ -500,8 +500,8 @@ def learning(work: Path, model: str, budget_min: float, trl_vllm: bool, seed: in
                if r is not None else
                f"ours never reached TRL's final {learn['trl_final']:.3f} within the budget (target MISSED)")
     print("\n" + verdict)
-    per_step = {side: (learn[f"{key}_final"] - learn["base"]) / max(learn[f"{key}_steps"], 1)
-                for side, key in (("ours", "ours"), ("TRL", "trl"))}
+    per_step = {side: (learn[f"{side.lower()}_final"] - learn["base"]) / max(learn[f"{side.lower()}_steps"], 1)
+                for side in ("ours", "TRL")}
     learn["gain_per_step"] = per_step
     print(f"held-out gain per optimiser step (final checkpoint): ours {per_step['ours']:+.4f}, "
           f"TRL {per_step['TRL']:+.4f}; steps per minute: ours {learn['ours_steps'] / budget_min:.2f}, "

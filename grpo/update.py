@@ -29,6 +29,7 @@ from grpo.batch import RolloutBatch
 from grpo.config import AlgoConfig, OptimConfig
 from grpo.logprobs import packed_logprobs
 from grpo.losses import LOSSES, LossNorm, rollout_is_weights
+from grpo.optim import trainable_parameters
 from grpo.packing import PackedMicroBatch, auto_row_tokens, pack_micro_batches, padded_equivalent_tokens
 
 ForwardHook = Callable[[PackedMicroBatch, str], ContextManager[Any]]
@@ -184,7 +185,7 @@ def _step(model, optimizer, grad_clip: float, loss_finite: bool, dist=None) -> t
     """Clip and step unless the loss or the gradient norm is non-finite. Returns (grad norm, stepped).
     With `dist` (data parallel), gradients are summed over ranks first and every rank agrees on
     whether the step is taken."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model)
     if dist is not None and dist.enabled:
         loss_finite = dist.sum_floats([0.0 if loss_finite else 1.0])[0] == 0.0
         if loss_finite:
@@ -208,10 +209,9 @@ def _zero_gradient_steps(model, optimizer, scheduler, iterations: int) -> dict[s
     not be: AdamW still moves the weights by its momentum (and decays them), and the schedule
     counts the step, as in TRL and veRL. Zero gradients are materialised because AdamW leaves
     parameters whose .grad is None untouched."""
-    params = [p for p in model.parameters() if p.requires_grad]
     lr = float(optimizer.param_groups[0]["lr"])
     for _ in range(iterations):
-        for p in params:
+        for p in trainable_parameters(model):
             p.grad = torch.zeros_like(p)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
