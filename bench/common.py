@@ -64,10 +64,10 @@ def reset_peak_rss() -> None:
 
 def self_peak_rss_bytes() -> int:
     """The kernel's own high-water mark of this process's RSS (VmHWM: exact, not sampled)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from grpo.metrics import process_memory  # the trainer logs the same figure per step
+
+    peak = process_memory().get("memory/peak_rss_gib")
+    return int(peak * GIB) if peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class RssMonitor:

@@ -126,7 +126,7 @@ def test_all_zero_advantage_batch_takes_the_adamw_step_of_a_zero_gradient(llama)
     m = policy_update(llama, opt, sched, zero, AlgoConfig(), cfg)
     assert m["zero_gradient_step"] == 1.0 and m["micro_batches"] == 0 and m["nonfinite"] == 0.0
     assert sched.last_epoch == twin_sched.last_epoch == 2
-    for (n, p), q in zip(llama.named_parameters(), twin.parameters()):
+    for p, q in zip(llama.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, atol=0, rtol=0)
         assert p.grad is None
     before = {n: p.detach().clone() for n, p in llama.named_parameters()}
