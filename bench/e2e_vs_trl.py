@@ -18,13 +18,13 @@ generate / reward / train / weight sync (ours: the loop's own timers; TRL: its p
 contexts, captured, + step wall time from a callback; train = step - the rest), and the
 peak RSS of each run's process tree (reward workers included).
 
-Part 2 (learning per wall-clock): each side trains for `--budget-min` minutes of loop
-time; weights are saved at fractions of the budget (MARKS; the clock is paused while
-saving). `--seed` changes train.seed of both runs (sampling randomness only). One
-evaluation process then scores every checkpoint and the base model with the same code: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, EVAL_SIZE held-out problems.
+The learning comparison (held-out accuracy per step and per wall-clock, over seeds) is
+bench/learning_vs_trl.py; it runs these workers with `--save-steps`, and `--worker eval`
+scores the checkpoints: `grpo.evaluate.evaluate`, one VLLMEngine, greedy, EVAL_SIZE held-out
+problems.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.e2e_vs_trl [--steps 3] [--warmup 1] [--budget-min 6]
-        [--skip-speed] [--skip-learning] [--skip-vllm-probe] [--seed 0] [--model smollm2-135m-moe]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.e2e_vs_trl [--steps 3] [--warmup 1] [--skip-vllm-probe]
+        [--seed 0] [--model smollm2-135m-moe]
 """
 
 from __future__ import annotations
@@ -48,9 +48,6 @@ from bench.common import GIB, RssMonitor, emit_result, load_average, md_table, r
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
 MAX_TOKENS, LR = 64, 1e-5
 EVAL_SIZE = 600  # held-out problems: standard error of one pass@1 about 0.02
-# Fractions of the budget at which weights are saved: ours densely around 1/2 (the target's
-# threshold), TRL at the end (its final accuracy is the bar) and half way (its curve).
-MARKS = {"ours": (0.25, 0.375, 0.5, 0.75, 1.0), "trl": (0.5, 1.0)}
 PHASES = ("generate", "reward", "train", "sync", "other")
 
 
@@ -59,7 +56,8 @@ def run_config(model: str, run_dir: Path, steps: int = 100_000, seed: int = 0):
     randomness: the prompts and their order (data.seed) stay the same."""
     from grpo.config_io import load_config
 
-    over = [f"model.name={model}", f"rollout.max_tokens={MAX_TOKENS}", f"optim.lr={LR}", "optim.schedule=constant", f"data.eval_size={EVAL_SIZE}",
+    over = [f"model.name={model}", f"rollout.max_tokens={MAX_TOKENS}", f"optim.lr={LR}", "optim.schedule=constant",
+            f"data.eval_size={EVAL_SIZE}",
             "algo.beta=0.0", "algo.loss=grpo", "algo.advantage=group", "moe.kl_diag_every=0",
             "optim.micro_batch_tokens=1024",  # as measured in RESULTS.md (the demo uses 512 for its memory target)
             f"train.output_dir={run_dir.parent}", f"train.run_name={run_dir.name}", f"train.steps={steps}",
@@ -92,20 +90,19 @@ def prompt_order(n: int, seed: int, steps: int, per_step: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------- ours --
 class _Done(Exception):
-    """Ends our recipe's loop early (budget spent / timed steps done), skipping its final eval and save."""
+    """Ends our recipe's loop early (timed or saved steps done), skipping its final eval and save."""
 
 
 def worker_ours(a) -> dict:
-    """The recipe's own `main` with its loop step wrapped: timing, checkpoints at the marks, early stop."""
+    """The recipe's own `main` with its loop step wrapped: timing, checkpoints at `--save-steps`, early stop."""
     import recipes.train_grpo as recipe
 
     out = Path(a.out)
     mon = RssMonitor().start()
     t0 = time.perf_counter()
     save_steps = parse_steps(a.save_steps)
-    n = max(save_steps) if save_steps else (a.warmup + a.steps if not a.budget else 100_000)
+    n = max(save_steps) if save_steps else a.warmup + a.steps
     cfg = run_config(a.model, out / "run", steps=n, seed=a.seed)
-    marks = [m * a.budget for m in MARKS["ours"]] if a.budget else []
     steps, saved, clock = [], [], {"setup": 0.0, "start": 0.0, "paused": 0.0}
     step_fn = recipe.train_step
 
@@ -121,17 +118,13 @@ def worker_ours(a) -> dict:
                    tokens=m["completion/mean_tokens"] * cfg.train.prompts_per_step * cfg.rollout.group_size)
         steps.append(row)
         elapsed = time.perf_counter() - clock["start"] - clock["paused"]
-        if (marks and elapsed >= marks[0]) or step in save_steps:
+        if step in save_steps:
             t = time.perf_counter()
             folder = out / f"ckpt-{len(saved)}"
             state.policy.save_pretrained(folder)
             state.tokenizer.save_pretrained(folder)
             saved.append({"folder": str(folder), "elapsed": elapsed, "steps": step})
-            while marks and elapsed >= marks[0]:
-                marks.pop(0)
             clock["paused"] += time.perf_counter() - t
-            if a.budget and not marks:
-                raise _Done
         if step == n:
             raise _Done
         return m
@@ -236,19 +229,17 @@ def worker_trl(a) -> dict:
     mon = RssMonitor().start()
     t0 = time.perf_counter()
     save_steps = parse_steps(a.save_steps)
-    max_steps = max(save_steps) if save_steps else (a.warmup + a.steps if not a.budget else 100_000)
+    max_steps = max(save_steps) if save_steps else a.warmup + a.steps
     trainer, pool = build_trl_trainer(a.model, out, max_steps, a.seed, a.vllm)
     tok = trainer.processing_class
     per, G = trainer.args.per_device_train_batch_size // trainer.args.num_generations, trainer.args.num_generations
     prof = PhaseLog()
     prof.install()
     steps, saved = [], []
-    budget = a.budget
 
     class Clock(TrainerCallback):
         start = t_step = cpu = None
         paused = 0.0
-        marks = [m * budget for m in MARKS["trl"]] if budget else []
 
         def on_train_begin(self, args, state, control, **kw):
             self.start = time.perf_counter()
@@ -263,17 +254,13 @@ def worker_trl(a) -> dict:
             row["wall"], row["cpu"] = wall, tree_cpu_seconds() - self.cpu
             steps.append(row)
             elapsed = time.perf_counter() - self.start - self.paused
-            if (self.marks and elapsed >= self.marks[0]) or state.global_step in save_steps:
+            if state.global_step in save_steps:
                 t = time.perf_counter()
                 dst = out / f"ckpt-{len(saved)}"
                 trainer.model.save_pretrained(dst)
                 tok.save_pretrained(dst)
                 saved.append({"folder": str(dst), "elapsed": elapsed, "steps": state.global_step})
-                while self.marks and elapsed >= self.marks[0]:
-                    self.marks.pop(0)
                 self.paused += time.perf_counter() - t
-                if budget and not self.marks:
-                    control.should_training_stop = True
 
     trainer.add_callback(Clock())
     setup = time.perf_counter() - t0
@@ -383,39 +370,16 @@ def speed_table(ours: dict, trl: dict, skip: int) -> tuple[str, dict]:
     return table, {"ours": o, "trl": t, "speedup": t["wall"] / o["wall"], "cpu_ratio": t["cpu"] / o["cpu"]}
 
 
-def learning_table(ours: dict, trl: dict, evals: dict) -> tuple[str, dict]:
-    rows = [["base model", "0", "0", f"{evals['base']['pass@1']:.3f} ± {evals['base']['stderr']:.3f}"]]
-    for side, res in (("ours", ours), ("TRL", trl)):
-        for i, s in enumerate(res["saved"]):
-            e = evals[f"{side}-{i}"]
-            rows.append([side, f"{s['elapsed']:.0f}", str(s["steps"]), f"{e['pass@1']:.3f} ± {e['stderr']:.3f}"])
-    trl_final = evals[f"TRL-{len(trl['saved']) - 1}"]["pass@1"]
-    trl_time = trl["saved"][-1]["elapsed"]
-    reach = next((s["elapsed"] for i, s in enumerate(ours["saved"]) if evals[f"ours-{i}"]["pass@1"] >= trl_final),
-                 None)
-    summary = {"trl_final": trl_final, "trl_time": trl_time, "ours_reach": reach,
-               "ours_final": evals[f"ours-{len(ours['saved']) - 1}"]["pass@1"], "base": evals["base"]["pass@1"],
-               "time_ratio": (reach / trl_time) if reach is not None else None,
-               "ours_steps": ours["saved"][-1]["steps"], "trl_steps": trl["saved"][-1]["steps"]}
-    table = md_table(["run", "loop seconds", "steps", f"held-out pass@1 (greedy, {EVAL_SIZE} problems)"], rows)
-    return table, summary
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-moe")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--budget-min", type=float, default=6.0)
-    ap.add_argument("--skip-learning", action="store_true")
-    ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-vllm-probe", action="store_true")
-    ap.add_argument("--probe-from", help="reuse the TRL vLLM probe verdict of an earlier run (run_all outcome json)")
     ap.add_argument("--seed", type=int, default=0, help="train.seed of both runs (sampling randomness)")
     ap.add_argument("--workdir", default=None, help="keep checkpoints/logs here (default: a temp folder)")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
-    ap.add_argument("--budget", type=float, default=0.0, help=argparse.SUPPRESS)
     ap.add_argument("--vllm", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--folders", help=argparse.SUPPRESS)
     ap.add_argument("--save-steps", default="", help=argparse.SUPPRESS)
@@ -428,44 +392,18 @@ def main() -> None:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="e2e_vs_trl-"))
     out = {"model": a.model}
     use_vllm = False
-    earlier = earlier_probe(a.probe_from) if a.probe_from else None
-    if earlier is not None:  # decided by this bench's earlier run (make bench: the speed section)
-        out["trl_vllm_colocate"] = earlier
-        use_vllm = earlier == "works"
-    elif not a.skip_vllm_probe:  # TRL's fastest mode, if it runs here: one short step decides
+    if not a.skip_vllm_probe:  # TRL's fastest mode, if it runs here: one short step decides
         probe, perr = spawn("trl", work / "trl_vllm_probe", 900, model=a.model, steps=1, warmup=0, vllm=True)
         use_vllm = probe is not None
         out["trl_vllm_colocate"] = "works" if use_vllm else f"failed: {perr}"
     gen = "vLLM colocate" if use_vllm else "transformers generate (its default)"
     print(f"TRL generation: {gen}; TRL's vLLM colocate mode: {out.get('trl_vllm_colocate', 'not probed')}")
-    model = a.model
-    if not a.skip_speed:
-        model = speed(work, a, use_vllm, out)
-    if not a.skip_learning:
-        try:
-            out["learning"] = learning(work, model, a.budget_min, use_vllm, a.seed)
-        except RuntimeError as e:
-            out["learning_error"] = str(e)
-            print(f"\nlearning comparison did not finish: {e}")
+    speed(work, a, use_vllm, out)
     if a.workdir is None:  # checkpoints are GBs; logs are kept
         for ckpt in work.glob("*/ckpt-*"):
             shutil.rmtree(ckpt, ignore_errors=True)
     print(f"\nlogs: {work}")
     emit_result("e2e_vs_trl", out)
-
-
-def earlier_probe(path: str) -> str | None:
-    """The vLLM-colocate verdict saved by an earlier run of this bench (a run_all outcome file,
-    bench/logs/e2e_vs_trl.json), if it made one; None = probe again."""
-    from bench.common import parse_results
-
-    p = Path(path)
-    if not p.is_file():
-        return None
-    for r in parse_results(json.loads(p.read_text()).get("stdout", "")):
-        if r.get("bench") == "e2e_vs_trl" and "trl_vllm_colocate" in r:
-            return r["trl_vllm_colocate"]
-    return None
 
 
 def speed(work: Path, a, use_vllm: bool, out: dict) -> str:
@@ -492,46 +430,6 @@ def speed(work: Path, a, use_vllm: bool, out: dict) -> str:
     print(f"\nend-to-end speed-up: {res['speedup']:.2f}x wall (target >= 3x: "
           f"{'met' if res['speedup'] >= 3 else 'MISSED'}); {res['cpu_ratio']:.2f}x in CPU seconds")
     return model
-
-
-def learning(work: Path, model: str, budget_min: float, trl_vllm: bool, seed: int = 0) -> dict:
-    budget = budget_min * 60
-    lo, errl = spawn("ours", work / "ours_budget", budget * 2 + 900, model=model, budget=budget, seed=seed)
-    lt, errt = spawn("trl", work / "trl_budget", budget * 2 + 900, model=model, budget=budget, vllm=trl_vllm,
-                     seed=seed)
-    if lo is None or lt is None:
-        raise RuntimeError(f"ours: {errl or 'ok'}; TRL: {errt or 'ok'}")
-    folders = {"base": None}
-    folders.update({f"ours-{i}": s["folder"] for i, s in enumerate(lo["saved"])})
-    folders.update({f"TRL-{i}": s["folder"] for i, s in enumerate(lt["saved"])})
-    evals, erre = spawn("eval", work / "eval", 3600, model=model, folders=json.dumps(folders))
-    if evals is None:
-        raise RuntimeError(f"evaluation: {erre}")
-    table, learn = learning_table(lo, lt, evals)
-    learn.update(ours_setup=lo["setup"], trl_setup=lt["setup"], budget=budget,
-                 ours_train_reward=[s["mean_reward"] for s in lo["steps"]],
-                 trl_train_reward=[s.get("mean_reward") for s in lt["steps"]])
-    print(f"\n## Learning per wall-clock: {budget_min:g} min of loop time each, {model}\n")
-    print(table)
-    r = learn["time_ratio"]
-    verdict = (f"ours reached TRL's final {learn['trl_final']:.3f} after {learn['ours_reach']:.0f} s = "
-               f"{r:.2f} of TRL's {learn['trl_time']:.0f} s (target <= 0.5: {'met' if r <= 0.5 else 'MISSED'})"
-               if r is not None else
-               f"ours never reached TRL's final {learn['trl_final']:.3f} within the budget (target MISSED)")
-    print("\n" + verdict)
-    per_step = {side: (learn[f"{side.lower()}_final"] - learn["base"]) / max(learn[f"{side.lower()}_steps"], 1)
-                for side in ("ours", "TRL")}
-    learn["gain_per_step"] = per_step
-    print(f"held-out gain per optimiser step (final checkpoint): ours {per_step['ours']:+.4f}, "
-          f"TRL {per_step['TRL']:+.4f}; steps per minute: ours {learn['ours_steps'] / budget_min:.2f}, "
-          f"TRL {learn['trl_steps'] / budget_min:.2f}")
-    for side, rw in (("ours", learn["ours_train_reward"]), ("TRL", learn["trl_train_reward"])):
-        k = max(1, min(3, len(rw) // 2))
-        print(f"training reward, {side}: {len(rw)} steps, first {k} mean {sum(rw[:k]) / k:.3f} -> last {k} mean "
-              f"{sum(rw[-k:]) / k:.3f}")
-    print(f"set-up before step 1 (not in the budget): ours {lo['setup']:.0f} s (vLLM engine start), "
-          f"TRL {lt['setup']:.0f} s")
-    return learn
 
 
 def _trl_version() -> str:

@@ -12,8 +12,8 @@ EVAL_SIZE held-out problems, grpo.evaluate.evaluate in one VLLMEngine; the base 
 Reported: held-out pass@1 against step, mean ± standard error over seeds for both sides and their
 difference; per seed the seconds each side needed, and the ratio of our time to TRL's time to reach
 TRL's final accuracy (target: median <= 0.5); a PNG with both curves against step and against
-wall-clock. Results accumulate in `--workdir`/results.json after each run, so a partial run
-(`--report-only`) still reports what it has.
+wall-clock. Results accumulate in `--workdir`/results.json after each run, so an interrupted
+invocation resumes where it stopped and `--report-only` reports what there is (`--fresh` starts over).
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.learning_vs_trl --seeds 0,1,2,3,4 [--steps 2,4,6,8]
         [--ours-extra 12] [--workdir DIR] [--report-only] [--plot bench/learning_vs_trl.png]
@@ -200,10 +200,13 @@ def main() -> None:
     ap.add_argument("--ours-extra", default="12", help="later steps only ours saves at (time to TRL's final)")
     ap.add_argument("--workdir", default=str(REPO / "bench" / "logs" / "learning_vs_trl"))
     ap.add_argument("--report-only", action="store_true", help="report what workdir/results.json holds")
+    ap.add_argument("--fresh", action="store_true", help="discard workdir/results.json first (make bench)")
     ap.add_argument("--plot", default=str(REPO / "bench" / "learning_vs_trl.png"))
     a = ap.parse_args()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    if a.fresh and (work / "results.json").is_file():
+        (work / "results.json").unlink()
     res = _load(work / "results.json")
     steps, extra = parse_steps(a.steps), parse_steps(a.ours_extra)
     t0 = time.perf_counter()
