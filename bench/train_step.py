@@ -145,8 +145,6 @@ def build_trl(model, tok, batch):
 
 
 def bench_model(name: str, reps: int, peak: float, with_plain: bool) -> dict:
-    import torch
-
     from grpo.config import AlgoConfig, OptimConfig
     from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
     from grpo.packing import auto_row_tokens
