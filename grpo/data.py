@@ -166,6 +166,20 @@ def _humaneval(cfg: DataConfig) -> tuple[list[dict], list[dict], str]:
     return train, held, desc
 
 
+def _code_synth(cfg: DataConfig) -> tuple[list[dict], list[dict], str]:
+    from grpo.code_tasks import train_and_heldout
+
+    try:
+        train, held = train_and_heldout(cfg.train_size, cfg.eval_size, cfg.seed, cfg.seed + HELDOUT_SEED_OFFSET,
+                                        **cfg.generator_kwargs)
+    except TypeError as e:
+        raise DataError(f"code_synth: bad data.generator_kwargs ({e}); known: levels, n_tests, example, "
+                        "templates (grpo/code_tasks.py).") from e
+    desc = (f"code_synth {cfg.generator_kwargs or ''}: {len(train)} train (seed {cfg.seed}), {len(held)} held-out "
+            f"(seed {cfg.seed + HELDOUT_SEED_OFFSET}), disjoint by template + constants; hidden asserts")
+    return train, held, desc
+
+
 def _rows_to_task(train: list[dict], held: list[dict], cfg: DataConfig, desc: str,
                   needed: list[str]) -> TaskData:
     _require_columns(train, needed, f"data source {cfg.source!r}")
@@ -215,6 +229,9 @@ def load_task(cfg: DataConfig, needed_columns: list[str] | None = None) -> TaskD
         if not tasks:
             raise DataError("data.source reasoning_gym: needs a task name, e.g. reasoning_gym:basic_arithmetic")
         train, held, desc = _reasoning_gym(cfg, tasks)
+        return _rows_to_task(train, held, cfg, desc, needed)
+    if src == "code_synth":
+        train, held, desc = _code_synth(cfg)
         return _rows_to_task(train, held, cfg, desc, needed)
     if src == "humaneval":
         train, held, desc = _humaneval(cfg)
