@@ -303,8 +303,8 @@ def worker_eval(a) -> dict:
         for label, folder in folders.items():
             if folder is not None:
                 engine.update_weights(policy_weights_for_engine(load_causal_lm(Path(folder))))
-            r = evaluate(engine, scorer, task.eval, k=1, temperature=0.0, max_tokens=MAX_TOKENS,
-                         seed=cfg.train.seed + 17, stop=tuple(cfg.rollout.stop))
+            r = evaluate(engine, scorer, task.eval, answer_column=cfg.data.answer_column, k=1, temperature=0.0,
+                         max_tokens=MAX_TOKENS, seed=cfg.train.seed + 17, stop=tuple(cfg.rollout.stop))
             results[label] = {"pass@1": r.pass_at_1, "stderr": r.stderr_pass_at_1, "n": r.n_problems}
             print(f"eval {label}: pass@1 {r.pass_at_1:.3f} ± {r.stderr_pass_at_1:.3f}", flush=True)
     finally:

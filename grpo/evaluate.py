@@ -36,25 +36,23 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
 
 
-def evaluate(engine, scorer, dataset, k: int = 1, temperature: float = 0.0, max_tokens: int = 64,
-             seed: int = 1234, correct_at: float = 1.0, primary: str | None = None,
+def evaluate(engine, scorer, dataset, *, answer_column: str, k: int = 1, temperature: float = 0.0,
+             max_tokens: int = 64, seed: int = 1234, correct_at: float = 1.0, primary: str | None = None,
              stop: tuple[str, ...] = ()) -> EvalResult:
-    """Sample k completions per held-out prompt and score them with the training rewards."""
-    from grpo.run_setup import prompt_texts
-    from rewards.types import GroupInfo
+    """Sample k completions per held-out prompt and score them exactly as training does.
+
+    answer_column: the run's `data.answer_column` (also passed to rewards as `answer`).
+    """
+    from rewards import score_completions
 
     rows = dataset.to_list()
-    prompts = [r["prompt"] for r in rows]
     sampling = SamplingConfig(temperature=temperature, max_tokens=max_tokens, seed=seed, stop=stop)
-    completions = engine.generate(prompts, group_size=k, sampling=sampling)
-    columns = {c: [rows[x.prompt_index][c] for x in completions] for c in rows[0] if c != "prompt"}
-    group = GroupInfo(group_ids=[x.prompt_index for x in completions], group_size=k,
-                      finish_reasons=[x.finish_reason for x in completions],
-                      completion_lengths=[len(x.completion_ids) for x in completions])
-    res = scorer(prompt_texts(rows, completions), [x.text for x in completions], columns=columns, group=group)
+    completions = engine.generate([r["prompt"] for r in rows], group_size=k, sampling=sampling)
+    res = score_completions(scorer, rows, completions, k, answer_column)
     name = primary or next(iter(res.per_function))
-    scores = [s if s is not None else 0.0 for s in res.per_function[name]]
-    correct = [[scores[i] >= correct_at for i in group.members(g)] for g in range(len(rows))]
+    correct: list[list[bool]] = [[] for _ in rows]  # [problems][k]
+    for c, s in zip(completions, res.per_function[name]):
+        correct[c.prompt_index].append(s is not None and s >= correct_at)
     per_problem = [sum(c) / len(c) for c in correct]
     p1 = sum(per_problem) / len(rows)
     pk = sum(pass_at_k(len(c), sum(c), k) for c in correct) / len(rows)
@@ -63,29 +61,24 @@ def evaluate(engine, scorer, dataset, k: int = 1, temperature: float = 0.0, max_
 
 
 def eval_cli(args) -> int:
-    """`grpo eval --model M --task T --n N --k K`."""
-    from grpo.config import DataConfig, RewardsConfig
+    """`grpo eval --model M --task T --n N --k K [--config C]`: data, rewards (hidden paths, timeouts, fault
+    scores) and scoring exactly as `grpo train C` builds them; the task and sizes from the command line."""
     from grpo.config_io import load_config
-    from grpo.data import load_task
     from grpo.models.loader import resolve_model
-    from rewards import RewardScorer, RewardSpec
+    from grpo.run_setup import build_scorer, load_run_data
     from rollouts import make_engine
 
-    cfg = load_config(args.config) if args.config else None
-    data_cfg = cfg.data if cfg else DataConfig()
-    data_cfg.source, data_cfg.eval_size, data_cfg.train_size = args.task, args.n, max(args.n, 10)
-    rewards_cfg = cfg.rewards if cfg else RewardsConfig()
-    task = load_task(data_cfg)
+    cfg = load_config(args.config)  # no --config: the defaults `grpo train` would use
+    cfg.data.source, cfg.data.eval_size, cfg.data.train_size = args.task, args.n, max(args.n, 10)
+    task = load_run_data(cfg)
     temperature = args.temperature if args.temperature is not None else (0.0 if args.k == 1 else 1.0)
-    max_tokens = cfg.rollout.max_tokens if cfg else 64
     model_dir = resolve_model(args.model)
-    specs = [RewardSpec(name=f.name, weight=f.weight, kwargs=f.kwargs) for f in rewards_cfg.functions]
-    engine = make_engine(args.engine, model_dir, max_model_len=cfg.rollout.max_model_len if cfg else 512,
-                         seed=args.seed)
+    engine = make_engine(args.engine, model_dir, max_model_len=cfg.rollout.max_model_len, seed=args.seed)
     try:
-        with RewardScorer(specs, num_workers=2, on_fault="count") as scorer:
-            res = evaluate(engine, scorer, task.eval, k=args.k, temperature=temperature,
-                           max_tokens=max_tokens, seed=args.seed)
+        with build_scorer(cfg) as scorer:
+            res = evaluate(engine, scorer, task.eval, answer_column=cfg.data.answer_column, k=args.k,
+                           temperature=temperature, max_tokens=cfg.rollout.max_tokens, seed=args.seed,
+                           stop=tuple(cfg.rollout.stop))
     finally:
         engine.shutdown()
     print(f"{task.description}")

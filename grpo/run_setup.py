@@ -95,22 +95,6 @@ def _reward_kwargs(cfg: RunConfig, name: str, kwargs: dict) -> dict:
     return kwargs
 
 
-def prompt_texts(rows: list[dict], completions) -> list[str]:
-    """The user-visible prompt text per completion (what reward functions receive)."""
-    def text(p) -> str:
-        return p if isinstance(p, str) else "\n".join(m["content"] for m in p if m["role"] == "user")
-    return [text(rows[c.prompt_index]["prompt"]) for c in completions]
-
-
-def reward_columns(cfg: RunConfig, rows: list[dict], completions) -> dict[str, list]:
-    """Dataset columns, one entry per completion; the gold answer is also under `answer`."""
-    names = [c for c in rows[0] if c != "prompt"]
-    cols = {n: [rows[c.prompt_index][n] for c in completions] for n in names}
-    if cfg.data.answer_column in cols:
-        cols["answer"] = cols[cfg.data.answer_column]
-    return cols
-
-
 def sampling_config(cfg: RunConfig, step: int, prompt_id: int | None = None) -> SamplingConfig:
     r = cfg.rollout
     # One seed per step (and prompt): a resumed run samples exactly what the uninterrupted run would.

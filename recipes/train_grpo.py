@@ -25,7 +25,7 @@ from grpo.config_io import to_dict
 from grpo.errors import GrpoError
 from grpo.run_setup import (RunState, build_engine, build_policy, build_sampler, build_scorer, check_context,
                             check_parallel_config, engine_failure,
-                            load_run_data, maybe_resume, prompt_texts, reward_columns, run_dir_for,
+                            load_run_data, maybe_resume, run_dir_for,
                             sampling_config, seed_everything)
 
 log = logging.getLogger("grpo")
@@ -33,7 +33,7 @@ log = logging.getLogger("grpo")
 
 def generate_and_score(state: RunState, prompt_ids: list[int], step: int):
     """One rollout round: B prompts -> B*G scored completions (prompt_index = position in prompt_ids)."""
-    from rewards.types import GroupInfo
+    from rewards import score_completions
 
     cfg, rows = state.cfg, [state.task.train[i] for i in prompt_ids]
     G, t0 = cfg.rollout.group_size, time.perf_counter()
@@ -48,12 +48,8 @@ def generate_and_score(state: RunState, prompt_ids: list[int], step: int):
             completions = state.engine.generate([r["prompt"] for r in rows], G, sampling_config(cfg, step),
                                                 return_routing=state.wants_routing)
     t_gen = time.perf_counter() - t0
-    group = GroupInfo(group_ids=[c.prompt_index for c in completions], group_size=G,
-                      finish_reasons=[c.finish_reason for c in completions],
-                      completion_lengths=[len(c.completion_ids) for c in completions])
     t0 = time.perf_counter()
-    rewards = state.scorer(prompt_texts(rows, completions), [c.text for c in completions],
-                           columns=reward_columns(cfg, rows, completions), group=group)
+    rewards = score_completions(state.scorer, rows, completions, G, cfg.data.answer_column)
     return completions, rewards, t_gen, time.perf_counter() - t0
 
 
@@ -150,8 +146,8 @@ def run_eval(state: RunState, step: int, label: str) -> dict:
         state.dist.barrier()
         return {}
     t = state.cfg.train
-    res = evaluate(state.engine, state.scorer, state.task.eval, k=t.eval_samples,
-                   temperature=t.eval_temperature, max_tokens=state.cfg.rollout.max_tokens,
+    res = evaluate(state.engine, state.scorer, state.task.eval, answer_column=state.cfg.data.answer_column,
+                   k=t.eval_samples, temperature=t.eval_temperature, max_tokens=state.cfg.rollout.max_tokens,
                    seed=state.cfg.train.seed + 17, stop=tuple(state.cfg.rollout.stop))
     log.info("%s held-out: pass@1 %.3f ± %.3f on %d problems", label, res.pass_at_1,
              res.stderr_pass_at_1, res.n_problems)

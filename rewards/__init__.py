@@ -25,6 +25,12 @@ The API the trainer calls::
                        #  "reward/total/std", "reward/frac_zero_var_groups"}
     res.status         # {label: per-sample "ok" | "none" | "timeout" | "error" | tag}
 
+Training and evaluation score generated completions through one function, so both
+see the same columns (the gold `answer_column` also as `answer`) and GroupInfo::
+
+    from rewards import score_completions
+    res = score_completions(scorer, rows, completions, group_size=G, answer_column="solution")
+
 Rules the scorer enforces:
 - a sample for which every function returns None is an error (RewardError);
 - a function that returns the wrong number of scores or a non-number is an
@@ -47,6 +53,7 @@ Built-ins (registry names; options are the RewardSpec kwargs):
 Register your own name with `@rewards.register("name")`.
 """
 
+from rewards.batch import score_completions
 from rewards.errors import RewardError, RewardFunctionError
 from rewards.registry import register, resolve
 from rewards.scorer import RewardScorer
@@ -55,5 +62,5 @@ from rewards.types import GroupInfo, Scores
 
 __all__ = [
     "GroupInfo", "RewardError", "RewardFunctionError", "RewardResult", "RewardScorer", "RewardSpec", "Scores",
-    "register", "resolve",
+    "register", "resolve", "score_completions",
 ]
