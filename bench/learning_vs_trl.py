@@ -92,18 +92,21 @@ def curves(res: dict) -> dict:
     return out
 
 
-def time_ratios(c: dict, trl_final_step: int) -> dict[int, float | None]:
-    """Per seed: our loop seconds to first reach TRL's accuracy at its final step / TRL's seconds
-    to get there. None = ours did not reach it at any of its saved steps."""
+def time_ratios(c: dict) -> dict[int, tuple[int, float | None]]:
+    """Per seed: (TRL's last saved step, our loop seconds to first reach TRL's accuracy there /
+    TRL's seconds to get there). None = ours did not reach it at any of its saved steps."""
     ratios = {}
-    for seed, (acc, t_trl) in c["trl"].get(trl_final_step, {}).items():
+    seeds = {s for d in c["trl"].values() for s in d}
+    for seed in seeds:
+        final = max(step for step, d in c["trl"].items() if seed in d)
+        acc, t_trl = c["trl"][final][seed]
         ours = sorted((step, v[seed]) for step, v in c["ours"].items() if seed in v)
         reach = next((el for _, (a, el) in ours if a >= acc), None)
-        ratios[seed] = reach / t_trl if reach is not None else None
+        ratios[seed] = (final, reach / t_trl if reach is not None else None)
     return ratios
 
 
-def report(res: dict, steps: list[int]) -> dict:
+def report(res: dict) -> dict:
     c = curves(res)
     base = res["evals"].get("base", {}).get("pass@1")
     print(f"\n## Held-out pass@1 against optimiser step (greedy, {EVAL_SIZE} problems; base model "
@@ -141,17 +144,17 @@ def report(res: dict, steps: list[int]) -> dict:
             pts = [f"{step}: {d[seed][0]:.3f} ({d[seed][1]:.0f} s)" for step, d in sorted(c[side].items())
                    if seed in d]
             print(f"- seed {seed} {side:4s}  " + ", ".join(pts))
-    final = max(steps)
-    ratios = time_ratios(c, final)
-    known = sorted(r if r is not None else math.inf for r in ratios.values())
+    ratios = time_ratios(c)
+    known = sorted(r if r is not None else math.inf for _, r in ratios.values())
     median = statistics.median(known) if known else None
-    print(f"\ntime for ours to reach TRL's step-{final} accuracy / TRL's time, per seed: "
-          + ", ".join(f"seed {s}: {'not reached' if r is None else f'{r:.2f}'}" for s, r in sorted(ratios.items())))
+    print("\ntime for ours to reach TRL's final accuracy (its last saved step) / TRL's time, per seed: "
+          + ", ".join(f"seed {s} (TRL step {f}): {'not reached' if r is None else f'{r:.2f}'}"
+                      for s, (f, r) in sorted(ratios.items())))
     if median is not None:
         verdict = "met" if median <= 0.5 else "MISSED"
         shown = "not reached" if math.isinf(median) else f"{median:.2f}"
         print(f"median ratio {shown} (target <= 0.5: {verdict}; 'not reached' counts as infinite)")
-    return {"table": table, "time_ratios": {str(k): v for k, v in ratios.items()},
+    return {"table": table, "time_ratios": {str(k): {"trl_step": f, "ratio": r} for k, (f, r) in ratios.items()},
             "median_time_ratio": None if median is None or math.isinf(median) else median, "base": base,
             "seeds": seeds}
 
@@ -179,7 +182,10 @@ def plot(res: dict, path: Path) -> None:
         ms = [mean_se([v[0] for v in d.values()]) for _, d in pts]
         means = ([base] if base is not None else []) + [m for m, _ in ms]
         ses = ([0.0] if base is not None else []) + [0.0 if math.isnan(se) else se for _, se in ms]
-        a1.errorbar(steps, means, yerr=ses, color=colour, marker="o", capsize=3, label=f"{name}, {len(seeds)} seeds")
+        a1.errorbar(steps, means, yerr=ses, color=colour, marker="o", capsize=3, label=name)
+        for (step, d), m in zip(pts, means[-len(pts):]):  # seeds behind each point
+            a1.annotate(f"n={len(d)}", (step, m), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                        color=colour)
         a2.plot([], [], color=colour, label=name)
     a1.set(xlabel="optimiser step", ylabel=f"held-out pass@1 (greedy, {EVAL_SIZE} problems)",
            title="mean ± s.e. over seeds")
@@ -214,7 +220,7 @@ def main() -> None:
         for seed in parse_steps(a.seeds):
             print(f"[{time.strftime('%H:%M:%S')}] seed {seed} (load {load_average():.1f})", flush=True)
             run_seed(work, res, seed, steps, extra, a.model)
-    summary = report(res, steps)
+    summary = report(res)
     plot(res, Path(a.plot))
     print(f"\nthis invocation: {(time.perf_counter() - t0) / 60:.1f} min; results: {work / 'results.json'}")
     emit_result("learning_vs_trl", summary)
