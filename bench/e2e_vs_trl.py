@@ -73,6 +73,12 @@ def parse_steps(text: str | None) -> list[int]:
     return sorted(int(x) for x in text.split(",") if x.strip()) if text else []
 
 
+def worker_steps(a) -> tuple[list[int], int]:
+    """(steps to save at, steps to run) of a training worker: up to the last save, else warm-up + timed."""
+    save_steps = parse_steps(a.save_steps)
+    return save_steps, max(save_steps) if save_steps else a.warmup + a.steps
+
+
 def is_moe(model: str) -> bool:
     from grpo.models.loader import resolve_model
 
@@ -100,8 +106,7 @@ def worker_ours(a) -> dict:
     out = Path(a.out)
     mon = RssMonitor().start()
     t0 = time.perf_counter()
-    save_steps = parse_steps(a.save_steps)
-    n = max(save_steps) if save_steps else a.warmup + a.steps
+    save_steps, n = worker_steps(a)
     cfg = run_config(a.model, out / "run", steps=n, seed=a.seed)
     steps, saved, clock = [], [], {"setup": 0.0, "start": 0.0, "paused": 0.0}
     step_fn = recipe.train_step
@@ -228,8 +233,7 @@ def worker_trl(a) -> dict:
     out = Path(a.out)
     mon = RssMonitor().start()
     t0 = time.perf_counter()
-    save_steps = parse_steps(a.save_steps)
-    max_steps = max(save_steps) if save_steps else a.warmup + a.steps
+    save_steps, max_steps = worker_steps(a)
     trainer, pool = build_trl_trainer(a.model, out, max_steps, a.seed, a.vllm)
     tok = trainer.processing_class
     per, G = trainer.args.per_device_train_batch_size // trainer.args.num_generations, trainer.args.num_generations
@@ -406,8 +410,8 @@ def main() -> None:
     emit_result("e2e_vs_trl", out)
 
 
-def speed(work: Path, a, use_vllm: bool, out: dict) -> str:
-    """Seconds per step, both sides; returns the model used (dense if TRL cannot run the MoE)."""
+def speed(work: Path, a, use_vllm: bool, out: dict) -> None:
+    """Seconds per step, both sides (on the dense model if TRL cannot run the MoE: out["model"] says which)."""
     model = a.model
     ours, err = spawn("ours", work / "ours_steps", 1800, model=model, steps=a.steps, warmup=a.warmup)
     if ours is None:
@@ -429,7 +433,6 @@ def speed(work: Path, a, use_vllm: bool, out: dict) -> str:
     print(table)
     print(f"\nend-to-end speed-up: {res['speedup']:.2f}x wall (target >= 3x: "
           f"{'met' if res['speedup'] >= 3 else 'MISSED'}); {res['cpu_ratio']:.2f}x in CPU seconds")
-    return model
 
 
 def _trl_version() -> str:
