@@ -1,7 +1,7 @@
 """Weight sync under many updates on the embedded MoE (smollm2-135m-moe: 30 MoE layers x 4 experts, tied LM head).
 
 Six rounds of: perturb one kind of the trainer's parameters (experts, router, attention, embeddings =
-tied LM head, norms; the last round all of them) -> policy_weights_for_engine (what training pushes) ->
+tied LM head, norms; the last round all of them) -> policy_weights (what training pushes) ->
 engine.update_weights -> sample with the same seed -> transformers forward of those exact tokens.
 Every round:
 - the engine's sampling logprobs equal the trainer's (fp32: < 1e-3) and the routing agrees;
@@ -24,8 +24,7 @@ import torch
 
 from grpo.errors import EngineError
 from grpo.models.loader import load_causal_lm, resolve_model
-from grpo.weights import policy_weights_for_engine
-from rollouts import SamplingConfig
+from rollouts import SamplingConfig, policy_weights
 from rollouts.reference import compare
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -103,7 +102,8 @@ def test_many_sync_rounds_keep_engine_and_trainer_equal(engine, restore_weights)
             assert moved == (sum(counts.values()) if kind == "all" else counts[kind]) > 0
             stale, _ = compare(trainer, prev, 1.0)  # what a missed push would leave us with
             t0 = time.perf_counter()
-            engine.update_weights(policy_weights_for_engine(trainer))
+            with policy_weights(trainer) as weights:
+                engine.update_weights(weights)
             t_sync = time.perf_counter() - t0
             check_reload_report(engine)
             out = engine.generate(PROMPTS, 2, SAMPLING, return_routing=True)
@@ -129,8 +129,7 @@ def test_many_sync_rounds_keep_engine_and_trainer_equal(engine, restore_weights)
 def test_an_update_that_misses_weights_is_an_error_naming_them(engine, restore_weights, monkeypatch):
     trainer = load_causal_lm(engine.model_dir).eval()
     perturb(trainer, "all", 0.01, seed=99)
-    weights = policy_weights_for_engine(trainer)
-    with restore_weights(engine):
+    with policy_weights(trainer) as weights, restore_weights(engine):
         # Part of a fused qkv: vLLM itself would load the rest and report nothing (garbage in k's rows).
         k = "model.layers.3.self_attn.k_proj.weight"
         with pytest.raises(EngineError, match=re.escape(k)):

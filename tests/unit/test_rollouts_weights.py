@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from grpo.errors import EngineError
+from rollouts import make_engine
 from rollouts.safetensors_io import write_safetensors
 from rollouts.weights import CheckpointNamer, clean_name, policy_weights
 
@@ -57,6 +58,46 @@ def test_policy_weights_include_persistent_buffers(tiny_dirs):
     assert not any("inv_freq" in n for n in names)  # non-persistent buffers are not weights
     out = dict(CheckpointNamer(tiny_dirs["deepseek_v3"])(items))
     assert set(out) == set(checkpoint(tiny_dirs["deepseek_v3"]))
+
+
+def test_persistent_buffers_reach_the_engine(tiny_dirs):
+    """DeepSeek-V3's router bias is a persistent buffer: `named_parameters()` (what the loop used to push)
+    misses it, so an engine kept its own bias and routed differently from the policy."""
+    from grpo.models.loader import load_causal_lm
+
+    folder = tiny_dirs["deepseek_v3"]
+    trainer = load_causal_lm(folder)
+    bias = {n: b for n, b in trainer.named_buffers() if n.endswith("e_score_correction_bias")}
+    assert bias and not bias.keys() & {n for n, _ in trainer.named_parameters()}
+    with torch.no_grad():
+        for b in bias.values():
+            b.add_(torch.randn(b.shape, generator=torch.Generator().manual_seed(0)))
+    engine = make_engine("hf", folder, max_model_len=64)
+    assert not any(torch.equal(dict(engine.model.named_buffers())[n], b) for n, b in bias.items())
+    with policy_weights(trainer) as weights:
+        engine.update_weights(weights)
+    synced = dict(engine.model.named_buffers())
+    assert all(torch.equal(synced[n], b) for n, b in bias.items())
+
+
+def test_peft_policy_is_pushed_merged_then_unmerged(tiny_dirs):
+    from peft import LoraConfig, get_peft_model
+
+    from grpo.models.loader import load_causal_lm
+
+    folder = tiny_dirs["llama"]
+    policy = get_peft_model(load_causal_lm(folder), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+    q = policy.base_model.model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        q.lora_B.default.weight.normal_(generator=torch.Generator().manual_seed(0))
+    base = q.base_layer.weight.detach().clone()
+    merged = base + 2.0 * q.lora_B.default.weight @ q.lora_A.default.weight  # scaling = alpha / r
+    engine = make_engine("hf", folder, max_model_len=64)
+    with policy_weights(policy) as weights:
+        engine.update_weights(weights)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(dict(engine.model.named_parameters())[name], merged)
+    torch.testing.assert_close(q.base_layer.weight, base)  # unmerged again (to rounding): training goes on
 
 
 def test_empty_update_is_an_error(tiny_dirs):
