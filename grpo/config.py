@@ -124,6 +124,10 @@ class AlgoConfig:
     gspo_epsilon_high: float = doc("GSPO upper clip range (sequence ratio)", 4e-4)
     dual_clip: Optional[float] = doc("dual-clip constant c > 1 for negative advantages; null = off", None)
     beta: float = doc("KL coefficient to the reference model (k3); 0 = no reference model loaded", 0.0)
+    kl_ratio: bool = doc(
+        "multiply the k3 KL term by the policy ratio pi/pi_old (DeepSeek-V3.2's unbiased KL gradient; "
+        "TRL's use_bias_correction_kl)", False,
+    )
     num_iterations: int = doc("inner policy updates per batch of rollouts (mu)", 1)
     mask_truncated: bool = doc("drop truncated completions from the loss (DAPO overlong filtering)", False)
     dr_grpo_normalizer: Optional[int] = doc("Dr. GRPO constant normaliser; null = rollout.max_tokens", None)

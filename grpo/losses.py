@@ -1,20 +1,19 @@
 """Policy-loss variants of the GRPO family, each its own small function.
 
-Every loss takes padded tensors
+Every loss takes one `LossInputs`: padded tensors
     logp        [N, T]  current policy log-probs of the completion tokens (with grad)
     old_logp    [N, T]  old policy (trainer) log-probs, no grad
     advantages  [N]     one per completion
     mask        [N, T]  1 on completion tokens that enter the loss
-and optionally
-    ref_logp    [N, T]  reference log-probs for the k3 KL term (coefficient beta)
-    is_weights  [N, T]  rollout-mismatch importance weights pi_old / mu_sampler (detached)
-    kl_ratio    multiply the k3 term by the policy ratio (DeepSeek-V3.2 unbiased KL gradient)
+    ref_logp    [N, T]  optional: reference log-probs for the k3 KL term (coefficient beta)
+    is_weights  [N, T]  optional: rollout-mismatch importance weights pi_old / mu_sampler (detached)
     norm        LossNorm: normalisers over the WHOLE batch. With gradient
                 accumulation each micro-batch passes the full batch's norm, so the
                 sum of micro-batch losses (and gradients) equals the full-batch one.
-and returns (loss, metrics) where metrics are floats: masked means over the
-micro-batch's tokens (weight them by metrics["tokens"] to aggregate) and
-ratio_min / ratio_max.
+and the settings eps_low / eps_high (clip range), dual_clip, beta, kl_ratio (multiply
+the k3 term by the policy ratio: DeepSeek-V3.2's unbiased KL gradient). It returns
+(loss, metrics) where metrics are floats: masked means over the micro-batch's tokens
+(weight them by metrics["tokens"] to aggregate) and ratio_min / ratio_max.
 
 Order of terms follows TRL 1.16 `GRPOTrainer._compute_loss`: the clipped
 surrogate is multiplied by the IS weight, then beta * k3 KL is added, then the
@@ -23,10 +22,12 @@ variant's aggregation is applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
 import torch
+
+from grpo.config import AlgoConfig
 
 Tensor = torch.Tensor
 
@@ -68,22 +69,53 @@ def clipped_surrogate(
     return loss, flags
 
 
-def _finish_per_token(
-    pg: Tensor, logp: Tensor, ratio: Tensor, ref_logp: Optional[Tensor], beta: float,
-    is_weights: Optional[Tensor], kl_ratio: bool,
-) -> tuple[Tensor, Optional[Tensor]]:
-    """IS-weight the surrogate, add beta * k3 (times the policy ratio if kl_ratio).
-    pg, ratio [N, T] or [N, 1] -> ([N, T], kl [N, T] or None)."""
-    if is_weights is not None:
-        pg = pg * is_weights
+@dataclass(frozen=True)
+class LossInputs:
+    """What a loss variant reads for one (micro-)batch; shapes in the module docstring.
+    `mask` is cast to logp's dtype and `norm` defaults to this batch alone (no accumulation)."""
+
+    logp: Tensor
+    old_logp: Tensor
+    advantages: Tensor
+    mask: Tensor
+    norm: Optional[LossNorm] = None
+    ref_logp: Optional[Tensor] = None
+    is_weights: Optional[Tensor] = None
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: Optional[float] = None
+    beta: float = 0.0
+    kl_ratio: bool = False
+
+    def __post_init__(self) -> None:  # frozen: set the derived fields once, here
+        if self.norm is None:
+            object.__setattr__(self, "norm", LossNorm.from_mask(self.mask))
+        object.__setattr__(self, "mask", self.mask.to(self.logp.dtype))
+
+    @classmethod
+    def from_algo(cls, algo: AlgoConfig, logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
+                  norm: Optional[LossNorm] = None, ref_logp: Optional[Tensor] = None,
+                  is_weights: Optional[Tensor] = None) -> "LossInputs":
+        """The settings of `algo`, with the clip range of its loss variant."""
+        eps_low, eps_high = LOSSES[algo.loss].clip_range(algo)
+        return cls(logp, old_logp, advantages, mask, norm, ref_logp, is_weights, eps_low, eps_high,
+                   algo.dual_clip, algo.beta, algo.kl_ratio)
+
+
+def _surrogate(x: LossInputs, ratio: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """Clipped surrogate, IS-weighted, plus beta * k3 (times the policy ratio if kl_ratio).
+    ratio [N, T] (token level) or [N, 1] (sequence level) -> (per-token loss [N, T], metrics)."""
+    pg, flags = clipped_surrogate(ratio, x.advantages[:, None], x.eps_low, x.eps_high, x.dual_clip)
+    if x.is_weights is not None:
+        pg = pg * x.is_weights
     kl = None
-    if beta != 0.0:
-        if ref_logp is None:
+    if x.beta != 0.0:
+        if x.ref_logp is None:
             raise ValueError("beta != 0 needs ref_logp (reference model log-probs)")
-        kl = k3_kl(ref_logp, logp)
+        kl = k3_kl(x.ref_logp, x.logp)
         # DeepSeek-V3.2 unbiased KL: (pi_theta / pi_old) * k3; TRL's use_bias_correction_kl (default on there)
-        pg = pg + beta * (kl * ratio if kl_ratio else kl)
-    return pg.expand_as(logp), kl
+        pg = pg + x.beta * (kl * ratio if x.kl_ratio else kl)
+    return pg.expand_as(x.logp), _metrics(x.mask, ratio, flags, kl)
 
 
 @torch.no_grad()
@@ -109,77 +141,64 @@ def _seq_mean_of_token_mean(per_tok: Tensor, mask: Tensor, num_sequences: float)
     return per_seq.sum() / num_sequences
 
 
-def grpo_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
-    eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: Optional[float] = None,
-    ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
-) -> tuple[Tensor, dict[str, float]]:
+def _token_ratio(x: LossInputs) -> Tensor:
+    return torch.exp(x.logp - x.old_logp)  # [N, T]
+
+
+def grpo_loss(x: LossInputs) -> tuple[Tensor, dict[str, float]]:
     """GRPO (DeepSeekMath): token-mean within each sequence, then mean over sequences."""
-    norm = norm or LossNorm.from_mask(mask)
-    mask = mask.to(logp.dtype)
-    ratio = torch.exp(logp - old_logp)  # [N, T]
-    pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)
-    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)
-    loss = _seq_mean_of_token_mean(per_tok, mask, norm.num_sequences)
-    return loss, _metrics(mask, ratio, flags, kl)
+    per_tok, metrics = _surrogate(x, _token_ratio(x))
+    return _seq_mean_of_token_mean(per_tok, x.mask, x.norm.num_sequences), metrics
 
 
-def dapo_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
-    eps_low: float = 0.2, eps_high: float = 0.28, dual_clip: Optional[float] = None,
-    ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
-) -> tuple[Tensor, dict[str, float]]:
+def dapo_loss(x: LossInputs) -> tuple[Tensor, dict[str, float]]:
     """DAPO: token-level sum over the batch / total loss tokens, clip-higher (eps_high > eps_low)."""
-    norm = norm or LossNorm.from_mask(mask)
-    mask = mask.to(logp.dtype)
-    ratio = torch.exp(logp - old_logp)  # [N, T]
-    pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)
-    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)
-    loss = (per_tok * mask).sum() / max(norm.num_tokens, 1.0)
-    return loss, _metrics(mask, ratio, flags, kl)
+    per_tok, metrics = _surrogate(x, _token_ratio(x))
+    return (per_tok * x.mask).sum() / max(x.norm.num_tokens, 1.0), metrics
 
 
-def dr_grpo_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
-    eps_low: float = 0.2, eps_high: float = 0.2, dual_clip: Optional[float] = None,
-    ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
-) -> tuple[Tensor, dict[str, float]]:
+def dr_grpo_loss(x: LossInputs) -> tuple[Tensor, dict[str, float]]:
     """Dr. GRPO: token sum / (num_sequences * max_tokens), a constant: no length bias."""
-    norm = norm or LossNorm.from_mask(mask)
-    mask = mask.to(logp.dtype)
-    ratio = torch.exp(logp - old_logp)  # [N, T]
-    pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)
-    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)
-    loss = (per_tok * mask).sum() / (norm.num_sequences * norm.max_tokens)
-    return loss, _metrics(mask, ratio, flags, kl)
+    per_tok, metrics = _surrogate(x, _token_ratio(x))
+    return (per_tok * x.mask).sum() / (x.norm.num_sequences * x.norm.max_tokens), metrics
 
 
-def gspo_loss(
-    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *,
-    eps_low: float = 3e-4, eps_high: float = 4e-4, dual_clip: Optional[float] = None,
-    ref_logp: Optional[Tensor] = None, beta: float = 0.0, is_weights: Optional[Tensor] = None,
-    norm: Optional[LossNorm] = None, kl_ratio: bool = False,
-) -> tuple[Tensor, dict[str, float]]:
+def gspo_loss(x: LossInputs) -> tuple[Tensor, dict[str, float]]:
     """GSPO: sequence ratio s_i = exp(mean_t(logp - old_logp)), clipped per sequence, mean over sequences."""
-    norm = norm or LossNorm.from_mask(mask)
-    mask = mask.to(logp.dtype)
-    log_s = ((logp - old_logp) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)  # [N, 1]
-    ratio = torch.exp(log_s)  # [N, 1]
-    pg, flags = clipped_surrogate(ratio, advantages[:, None], eps_low, eps_high, dual_clip)  # [N, 1]
-    per_tok, kl = _finish_per_token(pg, logp, ratio, ref_logp, beta, is_weights, kl_ratio)  # [N, T]
-    loss = _seq_mean_of_token_mean(per_tok, mask, norm.num_sequences)
-    return loss, _metrics(mask, ratio, flags, kl)
+    m = x.mask
+    log_s = ((x.logp - x.old_logp) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1.0)  # [N, 1]
+    per_tok, metrics = _surrogate(x, torch.exp(log_s))  # [N, T]
+    return _seq_mean_of_token_mean(per_tok, m, x.norm.num_sequences), metrics
 
 
-LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
-LOSSES: dict[str, LossFn] = {
-    "grpo": grpo_loss,
-    "dapo": dapo_loss,
-    "dr_grpo": dr_grpo_loss,
-    "gspo": gspo_loss,
+LossFn = Callable[[LossInputs], tuple[Tensor, dict[str, float]]]
+
+
+def _token_clip(algo: AlgoConfig) -> tuple[float, float]:
+    return algo.epsilon_low, algo.epsilon_high
+
+
+def _sequence_clip(algo: AlgoConfig) -> tuple[float, float]:
+    # A sequence ratio is a geometric mean: it stays ~1e-4 from 1, so GSPO has its own, narrow range.
+    return algo.gspo_epsilon_low, algo.gspo_epsilon_high
+
+
+@dataclass(frozen=True)
+class LossVariant:
+    """A loss function and the AlgoConfig clip range it uses."""
+
+    fn: LossFn
+    clip_range: Callable[[AlgoConfig], tuple[float, float]] = field(default=_token_clip)
+
+    def __call__(self, x: LossInputs) -> tuple[Tensor, dict[str, float]]:
+        return self.fn(x)
+
+
+LOSSES: dict[str, LossVariant] = {
+    "grpo": LossVariant(grpo_loss),
+    "dapo": LossVariant(dapo_loss),
+    "dr_grpo": LossVariant(dr_grpo_loss),
+    "gspo": LossVariant(gspo_loss, _sequence_clip),
 }
 
 # ------------------------------------------------------------ rollout mismatch

@@ -28,7 +28,7 @@ import torch
 from grpo.batch import RolloutBatch
 from grpo.config import AlgoConfig, OptimConfig
 from grpo.logprobs import packed_logprobs
-from grpo.losses import LOSSES, LossNorm, rollout_is_weights
+from grpo.losses import LOSSES, LossInputs, LossNorm, rollout_is_weights
 from grpo.optim import trainable_parameters
 from grpo.packing import PackedMicroBatch, auto_row_tokens, pack_micro_batches, padded_equivalent_tokens
 
@@ -141,19 +141,14 @@ def _train_micro_batch(model, mb: PackedMicroBatch, batch: RolloutBatch, plan: U
     """Forward + loss + backward of one micro-batch. Returns (loss value, metrics)."""
     T, idx = plan.loss_mask.shape[1], mb.seq_index
     mask = plan.loss_mask[idx]  # [n, T]
-    gspo = algo.loss == "gspo"
-    eps_low, eps_high = (algo.gspo_epsilon_low, algo.gspo_epsilon_high) if gspo else (algo.epsilon_low, algo.epsilon_high)
     with _hook(inp.forward_hook, mb, "train") as h:
         logp_flat, ent_flat = packed_logprobs(model, mb, inp.temperature, inp.chunk)
         logp = scatter_tokens(logp_flat, mb, T)  # [n, T]
         old = inp.old[idx].to(logp.dtype) if inp.old is not None else logp.detach()
         is_w, is_metrics = rollout_is_weights(old, inp.sampler[idx], mask, algo.is_correction, algo.is_cap, algo.is_min)
-        loss, metrics = LOSSES[algo.loss](
-            logp, old, batch.advantages[idx].to(logp.dtype), mask, eps_low=eps_low, eps_high=eps_high,
-            dual_clip=algo.dual_clip, ref_logp=None if inp.ref is None else inp.ref[idx].to(logp.dtype),
-            beta=algo.beta, is_weights=is_w, norm=plan.norm,
-            kl_ratio=bool(getattr(algo, "kl_ratio", False)),  # optional config field (TRL's use_bias_correction_kl)
-        )
+        ref = None if inp.ref is None else inp.ref[idx].to(logp.dtype)
+        loss, metrics = LOSSES[algo.loss](LossInputs.from_algo(
+            algo, logp, old, batch.advantages[idx].to(logp.dtype), mask, norm=plan.norm, ref_logp=ref, is_weights=is_w))
         aux = getattr(h, "aux_loss", None)
         if aux is not None:  # e.g. MoE load balancing, per micro-batch: weight by its token share
             loss = loss + aux * (float(mask.sum()) / max(plan.norm.num_tokens, 1.0))
@@ -262,17 +257,17 @@ def policy_update(
         plan.norm = LossNorm(seqs, toks, plan.norm.max_tokens)
     if n_forwarded == 0:  # every rank: nothing carries gradient
         out.update(_zero_gradient_steps(model, optimizer, scheduler, algo.num_iterations))
-        out["time"] = time.perf_counter() - t0
+        out["time/train"] = time.perf_counter() - t0
         return out
     inp = PassInputs(batch.sampler_logp(), temperature=temp, chunk=optim_cfg.logprob_chunk, forward_hook=forward_hook)
     t = time.perf_counter()
     if algo.num_iterations > 1 or force_old_pass:
         inp.old = nograd_logprobs(model, plan, "old", temp, inp.chunk, forward_hook)
-    out["time_old"] = time.perf_counter() - t
+    out["time/train_old"] = time.perf_counter() - t
     t = time.perf_counter()
     if algo.beta != 0.0:
         inp.ref = reference_logprobs(model, ref_model, plan, temp, inp.chunk, forward_hook)
-    out["time_ref"] = time.perf_counter() - t
+    out["time/train_ref"] = time.perf_counter() - t
     t = time.perf_counter()
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -288,11 +283,11 @@ def policy_update(
     out["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate these steps used
     if scheduler is not None and out["nonfinite"] == 0.0:
         scheduler.step()  # once per trainer step: warm-up/cosine count policy updates
-    out["time_train"] = time.perf_counter() - t
+    out["time/train_grad"] = time.perf_counter() - t
     out.update(agg.result())
     if dist is not None and dist.enabled:  # each rank holds its share of the global loss
         losses = dist.sum_floats(losses)
     out.update(loss=sum(losses) / len(losses), grad_norm=norms[-1], iterations=float(len(losses)))
-    out["train_tokens_per_s"] = out["unique_tokens"] * len(losses) / max(out["time_train"], 1e-9)
-    out["time"] = time.perf_counter() - t0
+    out["train_tokens_per_s"] = out["unique_tokens"] * len(losses) / max(out["time/train_grad"], 1e-9)
+    out["time/train"] = time.perf_counter() - t0
     return out

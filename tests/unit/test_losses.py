@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from grpo.losses import LOSSES, LossNorm, dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, k3_kl, rollout_is_weights
+from grpo.config import AlgoConfig
+from grpo.losses import (LOSSES, LossInputs, LossNorm, dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, k3_kl,
+                         rollout_is_weights)
 
 e = math.exp
 # Two completions, T = 3; the second has 2 tokens.
@@ -20,7 +22,8 @@ r00, r01, r02, r10, r11 = e(0.22), e(-0.2), 1.0, e(-0.5), e(0.1)  # 1.2461, 0.81
 def run(fn, **kw):
     logp = torch.tensor(LOGP, dtype=torch.float64, requires_grad=True)
     old = torch.tensor(OLD, dtype=torch.float64)
-    loss, metrics = fn(logp, old, torch.tensor(ADV, dtype=torch.float64), torch.tensor(MASK, dtype=torch.float64), **kw)
+    x = LossInputs(logp, old, torch.tensor(ADV, dtype=torch.float64), torch.tensor(MASK, dtype=torch.float64), **kw)
+    loss, metrics = fn(x)
     loss.backward()
     return loss.item(), logp.grad, metrics
 
@@ -70,7 +73,7 @@ def test_gspo_by_hand():
     # d s_i / d logp_it = s_i / |o_i|
     close(grad, [[-s0 / 6] * 3, [2 * s1 / 4] * 2 + [0.0]])
     # paper range (3e-4, 4e-4): s0 > 1.0004 with A>0 and s1 < 0.9997 with A<0: both clipped, no gradient
-    loss, grad, m = run(gspo_loss)
+    loss, grad, m = run(gspo_loss, eps_low=3e-4, eps_high=4e-4)
     assert loss == pytest.approx((-1.0004 + 2 * 0.9997) / 2, abs=1e-12)
     close(grad, [[0.0] * 3, [0.0] * 3])
     assert m["clip_high_frac"] == pytest.approx(3 / 5) and m["clip_low_frac"] == pytest.approx(2 / 5)
@@ -79,8 +82,8 @@ def test_gspo_by_hand():
 def test_dual_clip_caps_negative_advantage_loss():
     logp = torch.tensor([[math.log(4.0)]], requires_grad=True)  # ratio 4 against old logp 0
     args = (logp, torch.zeros(1, 1), torch.tensor([-2.0]), torch.ones(1, 1))
-    plain, _ = grpo_loss(*args)
-    capped, m = grpo_loss(*args, dual_clip=3.0)
+    plain, _ = grpo_loss(LossInputs(*args))
+    capped, m = grpo_loss(LossInputs(*args, dual_clip=3.0))
     assert plain.item() == pytest.approx(8.0) and capped.item() == pytest.approx(6.0)  # |A| * min(r, c)
     capped.backward()
     assert logp.grad.abs().item() == 0.0 and m["dual_clip_frac"] == 1.0
@@ -125,13 +128,26 @@ def test_split_batch_with_whole_batch_norm_equals_full_batch(name):
     adv = torch.randn(N, dtype=torch.float64)
     mask = (torch.arange(T)[None] < torch.tensor([5, 3, 1, 4, 2, 5])[:, None]).double()
     kw = dict(eps_low=0.1, eps_high=0.1) if name != "gspo" else dict(eps_low=0.02, eps_high=0.02)
-    full, _ = LOSSES[name](logp, old, adv, mask, norm=LossNorm.from_mask(mask, 8), **kw)
+    full, _ = LOSSES[name](LossInputs(logp, old, adv, mask, norm=LossNorm.from_mask(mask, 8), **kw))
     (g_full,) = torch.autograd.grad(full, logp)
     norm = LossNorm.from_mask(mask, 8)
-    parts = [LOSSES[name](logp[s], old[s], adv[s], mask[s], norm=norm, **kw)[0] for s in (slice(0, 2), slice(2, 6))]
+    parts = [LOSSES[name](LossInputs(logp[s], old[s], adv[s], mask[s], norm=norm, **kw))[0]
+             for s in (slice(0, 2), slice(2, 6))]
     (g_parts,) = torch.autograd.grad(sum(parts), logp)
     assert sum(parts).item() == pytest.approx(full.item(), abs=1e-12)
     torch.testing.assert_close(g_parts, g_full, atol=1e-12, rtol=0)
+
+
+def test_each_variant_takes_its_clip_range_and_the_kl_settings_from_the_config():
+    algo = AlgoConfig(epsilon_low=0.1, epsilon_high=0.3, gspo_epsilon_low=1e-3, gspo_epsilon_high=2e-3,
+                      dual_clip=3.0, beta=0.04, kl_ratio=True)
+    t = torch.zeros(1, 2)
+    for name, want in [("grpo", (0.1, 0.3)), ("dapo", (0.1, 0.3)), ("dr_grpo", (0.1, 0.3)), ("gspo", (1e-3, 2e-3))]:
+        algo.loss = name
+        x = LossInputs.from_algo(algo, t, t, torch.zeros(1), torch.ones(1, 2, dtype=torch.int64))
+        assert (x.eps_low, x.eps_high) == want, name
+        assert (x.dual_clip, x.beta, x.kl_ratio) == (3.0, 0.04, True)
+        assert x.mask.dtype == t.dtype and x.norm == LossNorm(1.0, 2.0, 2.0)  # default: this batch alone
 
 
 def test_rollout_is_weights_modes():

@@ -7,7 +7,7 @@ import torch
 from grpo.batch import RolloutBatch
 from grpo.config import AlgoConfig, OptimConfig
 from grpo.logprobs import full_logprobs
-from grpo.losses import LOSSES, LossNorm
+from grpo.losses import LOSSES, LossInputs, LossNorm
 from grpo.models.loader import load_causal_lm
 from grpo.packing import auto_row_tokens, layout_token_features, pack_micro_batches, padded_equivalent_tokens
 from grpo.update import policy_update
@@ -135,9 +135,8 @@ def padded_loss_and_grads(model, batch, loss_name, algo, temperature):
         lp, _ = full_logprobs(logits[i, len(p) - 1 : len(p) + len(c) - 1], torch.tensor(c), temperature)
         rows.append(torch.nn.functional.pad(lp, (0, T - len(c))))
     logp, mask = torch.stack(rows), batch.completion_mask()
-    eps = (algo.gspo_epsilon_low, algo.gspo_epsilon_high) if loss_name == "gspo" else (0.2, 0.28)
-    loss, _ = LOSSES[loss_name](logp, logp.detach(), batch.advantages, mask, eps_low=eps[0], eps_high=eps[1],
-                                norm=LossNorm.from_mask(mask, 16))
+    loss, _ = LOSSES[loss_name](LossInputs.from_algo(algo, logp, logp.detach(), batch.advantages, mask,
+                                                     norm=LossNorm.from_mask(mask, 16)))
     model.zero_grad()
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -18,6 +18,7 @@ from datasets import Dataset
 from grpo.advantages import compute_advantages
 from grpo.batch import RolloutBatch
 from grpo.config import AlgoConfig, OptimConfig
+from grpo.losses import LOSSES
 from grpo.models.loader import load_causal_lm, load_tokenizer
 from grpo.update import PassInputs, accumulate_gradients, nograd_logprobs, plan_update
 from tests.trl_inputs import grads_of, trl_inputs
@@ -64,12 +65,13 @@ def rollouts(V: int, pad_id: int) -> RolloutBatch:
     return RolloutBatch(prompts, comps, [[] for _ in comps], adv, gids, [False] * len(comps))
 
 
-CASES = {  # ours: AlgoConfig, kl_ratio    TRL: loss_type, importance_sampling_level (+ use_bias_correction_kl)
-    "grpo": (AlgoConfig(loss="grpo", epsilon_low=0.2, epsilon_high=0.2), False, "grpo", "token"),
-    "dapo+kl": (AlgoConfig(loss="dapo", epsilon_low=0.2, epsilon_high=0.28, beta=0.04), False, "dapo", "token"),
-    "dapo+kl_ratio": (AlgoConfig(loss="dapo", epsilon_low=0.2, epsilon_high=0.28, beta=0.04), True, "dapo", "token"),
-    "dr_grpo": (AlgoConfig(loss="dr_grpo", epsilon_low=0.2, epsilon_high=0.2), False, "dr_grpo", "token"),
-    "gspo+kl": (AlgoConfig(loss="gspo", gspo_epsilon_low=0.02, gspo_epsilon_high=0.03, beta=0.04), True,
+CASES = {  # ours: AlgoConfig    TRL: loss_type, importance_sampling_level (+ use_bias_correction_kl = kl_ratio)
+    "grpo": (AlgoConfig(loss="grpo", epsilon_low=0.2, epsilon_high=0.2), "grpo", "token"),
+    "dapo+kl": (AlgoConfig(loss="dapo", epsilon_low=0.2, epsilon_high=0.28, beta=0.04), "dapo", "token"),
+    "dapo+kl_ratio": (AlgoConfig(loss="dapo", epsilon_low=0.2, epsilon_high=0.28, beta=0.04, kl_ratio=True),
+                      "dapo", "token"),
+    "dr_grpo": (AlgoConfig(loss="dr_grpo", epsilon_low=0.2, epsilon_high=0.2), "dr_grpo", "token"),
+    "gspo+kl": (AlgoConfig(loss="gspo", gspo_epsilon_low=0.02, gspo_epsilon_high=0.03, beta=0.04, kl_ratio=True),
                 "grpo", "sequence"),
 }
 
@@ -77,9 +79,8 @@ CASES = {  # ours: AlgoConfig, kl_ratio    TRL: loss_type, importance_sampling_l
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_loss_and_gradients_match_trl(tiny_dirs, trl_classes, case):
     GRPOConfig, GRPOTrainer = trl_classes
-    algo, kl_ratio, trl_loss, level = CASES[case]
+    algo, trl_loss, level = CASES[case]
     algo.is_correction = "none"
-    algo.kl_ratio = kl_ratio  # not (yet) an AlgoConfig field: update.py reads it with getattr
     folder = tiny_dirs["llama"]
     model, tok = load_causal_lm(folder), load_tokenizer(folder)
     batch = rollouts(model.config.vocab_size, tok.pad_token_id)
@@ -94,13 +95,12 @@ def test_loss_and_gradients_match_trl(tiny_dirs, trl_classes, case):
     old = cur + 0.15 * torch.randn(cur.shape, generator=g) * mask
     ref = (cur + 0.3 * torch.randn(cur.shape, generator=g) * mask) if algo.beta else None
 
-    gspo = algo.loss == "gspo"
-    eps = (algo.gspo_epsilon_low, algo.gspo_epsilon_high) if gspo else (algo.epsilon_low, algo.epsilon_high)
+    eps = LOSSES[algo.loss].clip_range(algo)
     args = GRPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=len(batch), num_generations=G,
         max_completion_length=MAX_LEN, loss_type=trl_loss, importance_sampling_level=level, beta=algo.beta,
         temperature=TEMP, epsilon=eps[0], epsilon_high=eps[1], report_to=[], use_cpu=True, save_strategy="no",
-        bf16=False, gradient_checkpointing=False, use_bias_correction_kl=kl_ratio,
+        bf16=False, gradient_checkpointing=False, use_bias_correction_kl=algo.kl_ratio,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

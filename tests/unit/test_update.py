@@ -156,7 +156,7 @@ def test_update_moves_weights_iterations_and_metrics(llama):
     # iteration 2 runs after a step: ratios leave 1, the clip can trigger
     assert m["ratio_max"] > 1.0 > m["ratio_min"]
     for key in ("loss", "entropy", "clip_low_frac", "clip_high_frac", "is_weight_mean", "rollout_kl_k3",
-                "rollout_logp_absdiff", "grad_norm", "unique_tokens", "padded_tokens", "time", "lr"):
+                "rollout_logp_absdiff", "grad_norm", "unique_tokens", "padded_tokens", "time/train", "lr"):
         assert key in m and math.isfinite(m[key]), key
     assert m["unique_tokens"] < m["padded_tokens"]
 
