@@ -14,11 +14,12 @@ Standard deviations are unbiased (Bessel), like TRL's `nanstd`.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Hashable, Literal, Sequence, Union
 
 import torch
+
+from rewards.health import zero_variance_by_group
 
 AdvantageMode = Literal["group", "batch", "none", "rloo"]
 GroupIds = Union[Sequence[Hashable], torch.Tensor, int]  # per-completion ids, or the size G of contiguous groups
@@ -78,45 +79,15 @@ def compute_advantages(
     return torch.nan_to_num(adv, nan=0.0).float()  # unscorable completions carry no signal
 
 
-def zero_variance_groups(
-    rewards: torch.Tensor | Sequence[float], group_ids: GroupIds, tol: float = 0.0
-) -> torch.Tensor:
-    """Bool [N]: the completion's group has (near) identical rewards, so zero advantage."""
-    st = group_stats(torch.as_tensor(rewards, dtype=torch.float64), group_ids)
-    return st.std <= tol
+def zero_variance_groups(rewards: torch.Tensor | Sequence[float], group_ids: GroupIds) -> torch.Tensor:
+    """Bool [N]: the completion's group gives no learning signal (all its scorable rewards equal).
 
-
-def advantage_report(
-    rewards: torch.Tensor | Sequence[float], group_ids: GroupIds
-) -> dict[str, float]:
-    """Metrics for the log: reward mean/std, fraction of zero-variance groups and of NaN rewards."""
-    r = torch.as_tensor(rewards, dtype=torch.float64)
-    st = group_stats(r, group_ids)
-    n_groups = int(st.index.max()) + 1 if st.index.numel() else 0
-    zero = torch.zeros(n_groups, dtype=torch.bool).index_fill_(0, st.index[st.std == 0], True)
-    valid = r[~torch.isnan(r)]
-    return {
-        "reward_mean": float(valid.mean()) if valid.numel() else math.nan,
-        "reward_std": float(valid.std()) if valid.numel() > 1 else 0.0,
-        "zero_std_group_frac": float(zero.float().mean()) if n_groups else 0.0,
-        "nan_reward_frac": float(torch.isnan(r).float().mean()) if r.numel() else 0.0,
-    }
-
-
-def dynamic_sampling_keep(
-    rewards: torch.Tensor | Sequence[float], group_ids: GroupIds, tol: float = 0.0
-) -> torch.Tensor:
-    """DAPO dynamic sampling: bool [N], True for completions of groups with a learning signal.
-
-    The caller keeps these, draws more prompts for the rest, and stops when
-    `groups_needed(...)` reaches 0 or it runs out of rounds.
+    The definition and tolerance are rewards.health.zero_variance_by_group's, the one copy.
     """
-    return ~zero_variance_groups(rewards, group_ids, tol)
-
-
-def groups_needed(kept_groups: int, target_groups: int) -> int:
-    """How many more informative groups to draw to fill the batch (>= 0)."""
-    return max(0, target_groups - kept_groups)
+    r = torch.as_tensor(rewards, dtype=torch.float64)  # [N]
+    index = _dense_index(group_ids, r.numel()).tolist()
+    flat = zero_variance_by_group(r.tolist(), index)
+    return torch.tensor([flat[g] for g in index], dtype=torch.bool)
 
 
 def _dense_index(group_ids: GroupIds, n: int) -> torch.Tensor:
@@ -131,55 +102,3 @@ def _dense_index(group_ids: GroupIds, n: int) -> torch.Tensor:
         raise ValueError(f"got {len(ids)} group ids for {n} rewards")
     seen: dict[Hashable, int] = {}
     return torch.tensor([seen.setdefault(g, len(seen)) for g in ids], dtype=torch.long)
-
-
-# ---------------------------------------------------------------- curriculum
-
-
-@dataclass
-class PassRateCurriculum:
-    """Running pass rate per prompt id -> sampling weights that favour prompts with signal.
-
-    A prompt whose groups all pass (or all fail) teaches GRPO nothing, so its
-    weight is p*(1-p) of its running (EMA) pass rate, floored so no prompt
-    starves; unseen prompts get the `prior` pass rate.
-    """
-
-    decay: float = 0.5  # EMA weight of the old value
-    prior: float = 0.5
-    floor: float = 0.02
-    rates: dict[Hashable, float] = field(default_factory=dict)
-
-    def update(self, prompt_ids: Sequence[Hashable], passed: Sequence[float]) -> None:
-        """Fold one step's results in: one (prompt id, pass in [0,1]) per completion."""
-        sums: dict[Hashable, list[float]] = {}
-        for pid, ok in zip(prompt_ids, passed):
-            sums.setdefault(pid, []).append(float(ok))
-        for pid, vals in sums.items():
-            step_rate = sum(vals) / len(vals)
-            old = self.rates.get(pid)
-            self.rates[pid] = step_rate if old is None else self.decay * old + (1 - self.decay) * step_rate
-
-    def weights(self, prompt_ids: Sequence[Hashable]) -> list[float]:
-        """Unnormalised sampling weights, one per prompt id."""
-        out = []
-        for pid in prompt_ids:
-            p = self.rates.get(pid, self.prior)
-            out.append(max(self.floor, p * (1 - p)))
-        return out
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "prior": self.prior, "floor": self.floor, "rates": dict(self.rates)}
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> "PassRateCurriculum":
-        return cls(**state)
-
-
-def difficulty_order(difficulties: Sequence[float], seed: int | None = None) -> list[int]:
-    """Indices sorted easiest first; ties shuffled with `seed` (stable if None)."""
-    idx = list(range(len(difficulties)))
-    if seed is not None:
-        g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(idx), generator=g).tolist()
-    return sorted(idx, key=lambda i: difficulties[i])

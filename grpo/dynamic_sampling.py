@@ -1,6 +1,7 @@
 """DAPO dynamic sampling: drop groups whose G rewards are all equal (zero
-advantage, no learning signal) and draw more prompts until the batch is full,
-within a bounded number of extra generation rounds."""
+advantage, no learning signal; unscorable NaN rewards left out, as the advantages
+leave them out) and draw more prompts until the batch is full, within a bounded
+number of extra generation rounds."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from typing import Callable
 
 import torch
 
+from grpo.advantages import zero_variance_groups
+
 # draw(n) -> (prompt_ids [n], completions [n*G] with prompt_index 0..n-1, scores [n*G])
 DrawFn = Callable[[int], tuple[list[int], list, torch.Tensor]]
 
 
 def _informative(scores: torch.Tensor, G: int) -> list[int]:
-    groups = scores.view(-1, G)  # [B, G]
-    return [b for b in range(groups.shape[0]) if bool((groups[b] != groups[b, 0]).any())]
+    """Indices of the groups with a learning signal. scores: [B*G], contiguous groups."""
+    flat = zero_variance_groups(scores, G).view(-1, G)[:, 0]  # [B]
+    return [b for b in range(flat.numel()) if not flat[b]]
 
 
 def refill_zero_variance_groups(prompt_ids: list[int], completions: list, scores: torch.Tensor, G: int,

@@ -3,15 +3,8 @@ import math
 import pytest
 import torch
 
-from grpo.advantages import (
-    PassRateCurriculum,
-    advantage_report,
-    compute_advantages,
-    difficulty_order,
-    dynamic_sampling_keep,
-    groups_needed,
-    zero_variance_groups,
-)
+from grpo.advantages import compute_advantages, zero_variance_groups
+from rewards.health import ZERO_VARIANCE_TOL, frac_zero_variance_groups
 
 # two groups of 3: [1, 0, 0] and [1, 1, 1] (zero variance)
 R = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0]
@@ -52,20 +45,14 @@ def test_rloo_is_scaled_dr_grpo_and_nan_rewards_get_zero():
     torch.testing.assert_close(adv, torch.tensor([0.5, 0.0, -0.5]))  # NaN left out of the mean
 
 
-def test_zero_variance_and_dynamic_sampling():
+def test_zero_variance_groups_one_definition():
     assert zero_variance_groups(R, G).tolist() == [False] * 3 + [True] * 3
-    assert dynamic_sampling_keep(R, G).tolist() == [True] * 3 + [False] * 3
-    assert groups_needed(kept_groups=1, target_groups=4) == 3 and groups_needed(5, 4) == 0
-    rep = advantage_report(R, G)
-    assert rep["zero_std_group_frac"] == 0.5 and rep["reward_mean"] == pytest.approx(4 / 6)
-
-
-def test_curriculum_weights_and_order():
-    c = PassRateCurriculum(decay=0.5, prior=0.5, floor=0.01)
-    c.update(["easy"] * 4 + ["hard"] * 4 + ["mid"] * 4, [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1, 0])
-    w = dict(zip(["easy", "hard", "mid", "new"], c.weights(["easy", "hard", "mid", "new"])))
-    assert w["easy"] == w["hard"] == 0.01 and w["mid"] == w["new"] == 0.25
-    c.update(["easy"] * 2, [0, 0])  # EMA: 0.5 * 1 + 0.5 * 0
-    assert c.rates["easy"] == 0.5
-    assert PassRateCurriculum.from_state_dict(c.state_dict()).rates == c.rates
-    assert difficulty_order([3, 1, 2]) == [1, 2, 0]
+    assert frac_zero_variance_groups(R, G) == 0.5  # the health metric reads the same definition
+    # NaN (unscorable) rewards are left out, as the advantages leave them out: one scorable reward
+    # or equal scorable rewards is a zero-variance group (its advantages are all 0).
+    nan = float("nan")
+    assert zero_variance_groups([1.0, nan, 1.0, nan, nan, 0.0], 3).tolist() == [True] * 6
+    assert compute_advantages([1.0, nan, 1.0], 3, "group").abs().max() == 0
+    # One tolerance: rounding noise is no signal, a real difference is.
+    assert zero_variance_groups([0.3, 0.3 + ZERO_VARIANCE_TOL / 2], 2).all()
+    assert not zero_variance_groups([0.3, 0.3 + 10 * ZERO_VARIANCE_TOL], 2).any()
