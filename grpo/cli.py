@@ -70,6 +70,7 @@ def _cmd_train(args) -> int:
     from grpo.config_io import load_config
 
     cfg = load_config(args.config, args.overrides)
+    # command -> recipe, spelled out: the CLI is the one grpo module above recipes/ (test_layering.py)
     from recipes.train_grpo import main as train_main
 
     train_main(cfg)

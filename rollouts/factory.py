@@ -33,7 +33,10 @@ def make_engine(
     at once (and, with max_model_len, the KV-cache size unless kv_cache_gb).
     seed: engine seed; a run replays exactly from it (see each engine's notes).
     chat: text prompts wrapped as a user turn of the chat template (None: if the
-    tokenizer has one). Other keyword arguments go to the engine class.
+    tokenizer has one). Other keyword arguments go to the engine class, e.g.
+    `tokenizer=` (the caller's, else the folder's) and, for "hf", `model=` (the
+    trainer's own policy, else the folder's): engines take what they need from
+    the caller and import nothing of the trainer.
     """
     common = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, seed=seed, chat=chat)
     if kind == "vllm":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from grpo.errors import EngineError
-from rollouts.prompts import check_request, decode_completion, encode_prompts
+from rollouts.prompts import check_request, decode_completion, encode_prompts, load_tokenizer
 from rollouts.types import Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed
 from rollouts.weights import clean_name
@@ -32,14 +32,14 @@ class HFEngine:
         seed: int = 0,
         chat: bool | None = None,
         model=None,
+        tokenizer=None,
         dtype: str = "float32",
     ):
-        from grpo.models.loader import load_causal_lm, load_tokenizer
-
+        # The caller may hand over its own model (the trainer's policy) and tokenizer; else the folder's.
         self.model_dir = Path(model_dir)
         self.max_model_len, self.max_num_seqs, self.seed, self.chat = max_model_len, max_num_seqs, seed, chat
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = model if model is not None else load_causal_lm(self.model_dir, dtype=dtype)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_dir)
+        self.model = model if model is not None else _load_model(self.model_dir, dtype)
         self._calls = 0
         gen = getattr(self.model, "generation_config", None)
         eos = getattr(gen, "eos_token_id", None)
@@ -153,3 +153,17 @@ class HFEngine:
 
     def shutdown(self) -> None:
         self.model = None
+
+
+def _load_model(folder: Path, dtype: str):
+    """The engine's own copy of the model, as the trainer loads it (no KV-cache default: generate
+    turns it on through its GenerationConfig)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as e:
+        raise EngineError(f"transformers could not load {folder}: {e}") from e
+    model.config.use_cache = False
+    return model

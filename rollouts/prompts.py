@@ -6,10 +6,22 @@ that were sampled, whichever engine produced them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from grpo.errors import EngineError
 from rollouts.types import Prompt
+
+
+def load_tokenizer(folder: str | Path):
+    """The model folder's tokenizer, with EOS as pad token when it has none: the one loader, shared by
+    the engines and the trainer (grpo.models.loader), so both encode prompts alike."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
 
 
 def has_chat_template(tokenizer) -> bool:

@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 
 from grpo.errors import EngineError
 from rollouts.http import HTTPStatusError, request_json
-from rollouts.prompts import check_request, decode_completion, encode_prompts
+from rollouts.prompts import check_request, decode_completion, encode_prompts, load_tokenizer
 from rollouts.safetensors_io import write_safetensors
 from rollouts.types import Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs
@@ -54,13 +54,12 @@ class VLLMServerEngine:
         retries: int = 4,
         start_timeout: float = 600.0,
         server_args: Sequence[str] = (),
+        tokenizer=None,
     ):
-        from grpo.models.loader import load_tokenizer
-
         self.model_dir = Path(model_dir)
         self.max_model_len, self.max_num_seqs, self.seed, self.chat = max_model_len, max_num_seqs, seed, chat
         self.timeout, self.retries = request_timeout, retries
-        self.tokenizer = load_tokenizer(self.model_dir)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_dir)
         self._calls = 0
         self._namer: CheckpointNamer | None = None
         self._nccl = None

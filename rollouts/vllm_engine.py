@@ -46,7 +46,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from grpo.errors import EngineError
-from rollouts.prompts import check_request, decode_completion, encode_prompts
+from rollouts.prompts import check_request, decode_completion, encode_prompts, load_tokenizer
 from rollouts.types import Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs
 from rollouts.vllm_routing import routes_of_output
@@ -70,14 +70,13 @@ class VLLMEngine:
         chat: bool | None = None,
         enable_prefix_caching: bool = True,
         dtype: str = "float32",
+        tokenizer=None,
         **engine_args,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # read at LLM() time: keep the core in-process
-        from grpo.models.loader import load_tokenizer
-
         self.model_dir = Path(model_dir)
         self.max_model_len, self.seed, self.chat = max_model_len, seed, chat
-        self.tokenizer = load_tokenizer(self.model_dir)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.model_dir)
         self._namer: CheckpointNamer | None = None
         self._calls = 0
         self.last_reload = ReloadReport()  # what vLLM did not load in the last update/reset (checked)

@@ -121,12 +121,9 @@ def _from_hub(repo_id: str) -> Path:
 
 
 def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
+    from rollouts.prompts import load_tokenizer as engines_loader  # one copy: engines encode alike
 
-    tok = AutoTokenizer.from_pretrained(folder)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return engines_loader(folder)
 
 
 def load_causal_lm(folder: Path, dtype: str = "float32", device: str = "cpu"):

@@ -100,12 +100,12 @@ def test_update_weights_changes_the_policy(tiny_dirs):
 
 
 def test_engine_on_the_trainers_model_shares_weights(tiny_dirs):
-    from grpo.models.loader import load_causal_lm
+    from grpo.models.loader import load_causal_lm, load_tokenizer
 
-    trainer = load_causal_lm(tiny_dirs["llama"])
-    engine = make_engine("hf", tiny_dirs["llama"], model=trainer)
+    trainer, tok = load_causal_lm(tiny_dirs["llama"]), load_tokenizer(tiny_dirs["llama"])
+    engine = make_engine("hf", tiny_dirs["llama"], model=trainer, tokenizer=tok)
     engine.update_weights(trainer.named_parameters())  # same tensors: a no-op
-    assert engine.model is trainer
+    assert engine.model is trainer and engine.tokenizer is tok  # taken from the caller, not reloaded
 
 
 def test_unknown_kind():
