@@ -8,6 +8,7 @@ import math
 import torch
 
 from grpo.config import LoraConfig, ModelConfig, OptimConfig
+from grpo.errors import ConfigError
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -26,11 +27,22 @@ def build_adamw(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (all weights, or the LoRA adapters)."""
     params = trainable_parameters(model)
     if not params:
-        raise ValueError("the model has no trainable parameters (frozen everything? LoRA targets matched nothing?)")
+        raise ConfigError("the model has no trainable parameters (frozen everything? LoRA targets matched nothing?)")
+    check_adamw_options(cfg)
     betas = tuple(cfg.betas)
-    if len(betas) != 2:
-        raise ValueError(f"optim.betas must have two values, got {cfg.betas}")
     return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)  # type: ignore[arg-type]
+
+
+def check_adamw_options(cfg: OptimConfig) -> None:
+    """The ranges torch.optim.AdamW would refuse with a bare ValueError, as ConfigErrors naming the key."""
+    if len(cfg.betas) != 2:
+        raise ConfigError(f"optim.betas must have two values, got {cfg.betas}")
+    if not all(0.0 <= b < 1.0 for b in cfg.betas):
+        raise ConfigError(f"optim.betas must each be in [0, 1), got {cfg.betas}")
+    if not cfg.lr >= 0.0:  # `not >=` also refuses NaN
+        raise ConfigError(f"optim.lr must be >= 0, got {cfg.lr}")
+    if not cfg.weight_decay >= 0.0:
+        raise ConfigError(f"optim.weight_decay must be >= 0, got {cfg.weight_decay}")
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str, min_ratio: float = 0.0) -> float:
@@ -43,7 +55,7 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int, schedule: str,
         span = max(total_steps - warmup_steps, 1)
         progress = min(max(step - warmup_steps, 0) / span, 1.0)
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule {schedule!r}; choose constant or cosine")
+    raise ConfigError(f"optim.schedule: unknown schedule {schedule!r}; choose constant or cosine")
 
 
 def build_scheduler(
@@ -63,9 +75,9 @@ def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in cfg.target_modules if t not in names]
     if missing:
-        raise ValueError(f"lora.target_modules {missing} match no module of {type(model).__name__}")
+        raise ConfigError(f"lora.target_modules {missing} match no module of {type(model).__name__}")
     if "lm_head" in cfg.target_modules:
-        raise ValueError("LoRA on lm_head is not supported by the chunked log-prob head: remove it from target_modules")
+        raise ConfigError("LoRA on lm_head is not supported by the chunked log-prob head: remove it from target_modules")
     pcfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, pcfg)

