@@ -126,8 +126,8 @@ def worker_ours(a) -> dict:
         if step in save_steps:
             t = time.perf_counter()
             folder = out / f"ckpt-{len(saved)}"
-            state.policy.save_pretrained(folder)
-            state.tokenizer.save_pretrained(folder)
+            state.policy.model.save_pretrained(folder)
+            state.policy.tokenizer.save_pretrained(folder)
             saved.append({"folder": str(folder), "elapsed": elapsed, "steps": step})
             clock["paused"] += time.perf_counter() - t
         if step == n:
@@ -292,13 +292,15 @@ def _import_trl_with_vllm():
 def worker_eval(a) -> dict:
     from grpo.evaluate import evaluate
     from grpo.models.loader import load_causal_lm, resolve_model
-    from grpo.run_setup import build_scorer, load_run_data
+    from grpo.data import source_dir
+    from grpo.run_setup import load_run_data
+    from rewards import build_scorer
     from grpo.weights import policy_weights_for_engine
     from rollouts import make_engine
 
     cfg = run_config(a.model, Path(a.out) / "run")
     task = load_run_data(cfg)
-    scorer = build_scorer(cfg)
+    scorer = build_scorer(cfg.rewards, source_dir(cfg.data), cfg.train.output_dir)
     folders = json.loads(a.folders)
     engine = make_engine("vllm", resolve_model(a.model), max_model_len=cfg.rollout.max_model_len,
                          max_num_seqs=128, seed=0)

@@ -51,9 +51,6 @@ def _in_phase(mon: RssMonitor, name: str, fn):
 
 def demo_memory(steps: int, overrides: list[str]) -> dict:
     """Run the demo recipe for `steps` steps with every phase's peak RSS recorded."""
-    import grpo.checkpoint
-    import grpo.run_setup
-    import grpo.update
     import recipes.train_grpo as recipe
     import rewards.scorer
     from grpo.config_io import load_config
@@ -62,20 +59,21 @@ def demo_memory(steps: int, overrides: list[str]) -> dict:
 
     mon = RssMonitor(base="other (data, plots, ...)").start()
     before = tree_rss_bytes()
-    patches = [(recipe, "build_policy", "load policy"), (recipe, "build_engine", "engine start"),
+    patches = [(recipe, "build_policy", "load policy"), (recipe, "start_engine", "engine start"),
                (recipe, "run_eval", "eval"), (VLLMEngine, "generate", "generate"),
-               (rewards.scorer.RewardScorer, "__call__", "reward"), (grpo.update, "policy_update", "train"),
-               (grpo.run_setup.RunState, "sync_weights", "sync"), (grpo.checkpoint, "save_checkpoint", "checkpoint")]
+               (rewards.scorer.RewardScorer, "__call__", "reward"), (recipe, "policy_update", "train"),
+               (recipe, "sync_weights", "sync"), (recipe, "save_checkpoint", "checkpoint")]
     for owner, attr, label in patches:
         setattr(owner, attr, _in_phase(mon, label, getattr(owner, attr)))
     engine_rss = {}
-    build_engine = recipe.build_engine
+    start_engine = recipe.start_engine
 
-    def measured_engine(state, engine=None):
+    def measured_engine(*a, **kw):
         engine_rss["before"] = tree_rss_bytes()
-        build_engine(state, engine)
+        engine = start_engine(*a, **kw)
         engine_rss["after"] = tree_rss_bytes()
-    recipe.build_engine = measured_engine
+        return engine
+    recipe.start_engine = measured_engine
 
     out = Path(tempfile.mkdtemp(prefix="bench_memory-"))
     cfg = load_config(DEMO, [f"train.steps={steps}", f"train.output_dir={out}", "train.run_name=demo"] + overrides)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
-
-import re
 
 from grpo.config import RunConfig
 from grpo.errors import ConfigError
@@ -197,6 +195,17 @@ def validate(cfg: RunConfig) -> None:
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config (file + overrides + defaults) as YAML that `load_config` reads back
+    to an equal RunConfig: the run folder records exactly what produced it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
+    tmp.replace(path)  # never a half-written config next to a run
+    return path
 
 
 def describe_fields(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:

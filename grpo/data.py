@@ -32,6 +32,12 @@ class TaskData:
     description: str  # one line: where the data came from, sizes, split honesty
 
 
+def source_dir(cfg: DataConfig) -> Path | None:
+    """The folder of a file data source (rewards that run untrusted code hide it); None otherwise."""
+    path = Path(cfg.source)
+    return path.resolve().parent if path.exists() else None
+
+
 def to_messages(question: str, system_prompt: str | None) -> list[dict]:
     msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return msgs + [{"role": "user", "content": question}]

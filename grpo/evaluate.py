@@ -64,8 +64,10 @@ def eval_cli(args) -> int:
     """`grpo eval --model M --task T --n N --k K [--config C]`: data, rewards (hidden paths, timeouts, fault
     scores) and scoring exactly as `grpo train C` builds them; the task and sizes from the command line."""
     from grpo.config_io import load_config
+    from grpo.data import source_dir
     from grpo.models.loader import resolve_model
-    from grpo.run_setup import build_scorer, load_run_data
+    from grpo.run_setup import load_run_data
+    from rewards import build_scorer
     from rollouts import make_engine
 
     cfg = load_config(args.config)  # no --config: the defaults `grpo train` would use
@@ -75,7 +77,7 @@ def eval_cli(args) -> int:
     model_dir = resolve_model(args.model)
     engine = make_engine(args.engine, model_dir, max_model_len=cfg.rollout.max_model_len, seed=args.seed)
     try:
-        with build_scorer(cfg) as scorer:
+        with build_scorer(cfg.rewards, source_dir(cfg.data), cfg.train.output_dir) as scorer:
             res = evaluate(engine, scorer, task.eval, answer_column=cfg.data.answer_column, k=args.k,
                            temperature=temperature, max_tokens=cfg.rollout.max_tokens, seed=args.seed,
                            stop=tuple(cfg.rollout.stop))

@@ -1,6 +1,8 @@
 """Metrics sinks: one flat dict per step to JSONL, TensorBoard and (optionally) wandb.
 
 Only the main process writes (rank 0); other ranks get a sink that drops records.
+Each key has one producer: a step's dict is put together with `merge_metrics`, which
+refuses a key that two producers report (one would silently overwrite the other).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 
 def _jsonable(v: Any) -> Any:
@@ -70,6 +72,18 @@ class MetricsSink:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def merge_metrics(*parts: Mapping[str, Any]) -> dict[str, Any]:
+    """The union of several producers' metrics; a key reported by two of them is a bug, not a merge."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        clash = sorted(out.keys() & part.keys())
+        if clash:
+            raise ValueError(f"metric(s) {clash} reported by two producers: each key needs one producer "
+                             "(rename one, e.g. with its own namespace prefix)")
+        out.update(part)
+    return out
 
 
 def process_memory() -> dict[str, float]:

@@ -1,31 +1,39 @@
-"""Building blocks a recipe wires together: run state, model/engine/reward setup,
-resume, weight sync, MoE hooks. The loop itself stays in the recipe."""
+"""Building blocks a recipe wires together: data, policy, sampler, engine, resume, weight sync.
+
+Each builder takes what it needs and returns what it built; the recipe keeps the results
+(as locals, then one frozen `Run`) and shows the order. The loop itself stays in the recipe.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from grpo.config import RunConfig
 from grpo.data import TaskData, load_task
-from grpo.errors import DataError, EngineError, GrpoError
-from rollouts.types import SamplingConfig
+from grpo.distributed import Dist
+from grpo.errors import ConfigError, DataError, EngineError, GrpoError
+from rewards import check_columns, required_columns
+from rollouts.types import Engine, SamplingConfig
+
+if TYPE_CHECKING:  # types only: torch and transformers load when a policy is built
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from grpo.moe_controller import MoEController
+    from grpo.sampler import PromptSampler
+    from rewards import RewardScorer
 
 log = logging.getLogger("grpo")
 
-# Which dataset columns each built-in reward reads (checked before any model loads).
-REWARD_COLUMNS: dict[str, list[list[str]]] = {
-    "math_accuracy": [["answer"]],
-    "code_tests": [["test", "entry_point"], ["test_list"], ["inputs", "outputs"]],
-}
-
 
 @contextmanager
-def engine_failure(step: int, what: str):
+def engine_failure(step: int, what: str) -> Iterator[None]:
     """Whatever the engine raises besides our own errors means it failed (a crash, a dead server
     process): one EngineError naming the step, the engine's own error kept as the cause."""
     try:
@@ -47,9 +55,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_parallel_config(cfg: RunConfig, dist) -> None:
-    from grpo.errors import ConfigError
-
+def check_parallel_config(cfg: RunConfig, dist: Dist) -> None:
     if not dist.enabled:
         return
     if cfg.train.prompts_per_step % dist.world:
@@ -63,36 +69,20 @@ def run_dir_for(cfg: RunConfig) -> Path:
     return Path(cfg.train.output_dir) / cfg.train.run_name
 
 
+def trainer_temperature(cfg: RunConfig) -> float:
+    return cfg.algo.temperature if cfg.algo.temperature is not None else cfg.rollout.temperature
+
+
+def wants_routing(cfg: RunConfig) -> bool:
+    # r3 replays the engine's routes, so it implies recording them.
+    return cfg.moe.routing_replay == "r3" or cfg.rollout.return_routing
+
+
 def load_run_data(cfg: RunConfig) -> TaskData:
-    task = load_task(cfg.data, needed_columns=[cfg.data.answer_column]
-                     if any(f.name == "math_accuracy" for f in cfg.rewards.functions) else [])
-    cols = set(task.train.column_names) | {"answer"}
-    for fn in cfg.rewards.functions:
-        options = REWARD_COLUMNS.get(fn.name)
-        if options and not any(all(c in cols for c in opt) for opt in options):
-            raise DataError(f"reward {fn.name} needs columns {' or '.join(map(str, options))}; the data has "
-                            f"{sorted(task.train.column_names)}")
+    """The run's prompts, checked against the columns its rewards declare (before any model loads)."""
+    task = load_task(cfg.data, needed_columns=required_columns(cfg.rewards, cfg.data.answer_column))
+    check_columns(cfg.rewards, task.train.column_names, cfg.data.answer_column)
     return task
-
-
-def build_scorer(cfg: RunConfig):
-    from rewards import RewardScorer, RewardSpec
-
-    specs = [RewardSpec(name=f.name, weight=f.weight, kwargs=_reward_kwargs(cfg, f.name, f.kwargs),
-                        timeout_s=f.timeout_s, fault_score=f.fault_score) for f in cfg.rewards.functions]
-    return RewardScorer(specs, num_workers=cfg.rewards.num_workers, on_fault=cfg.rewards.on_fault)
-
-
-def _reward_kwargs(cfg: RunConfig, name: str, kwargs: dict) -> dict:
-    """code_tests also covers the dataset's folder and the run's output folder inside its sandbox: a
-    completion must not read its own expected answer (data file) or the trainer's checkpoints."""
-    kwargs = dict(kwargs)
-    if name == "code_tests":
-        hide = [cfg.train.output_dir]
-        if Path(cfg.data.source).exists():
-            hide.append(str(Path(cfg.data.source).resolve().parent))
-        kwargs["hide_paths"] = [*kwargs.get("hide_paths", []), *hide]
-    return kwargs
 
 
 def sampling_config(cfg: RunConfig, step: int, prompt_id: int | None = None) -> SamplingConfig:
@@ -105,191 +95,167 @@ def sampling_config(cfg: RunConfig, step: int, prompt_id: int | None = None) -> 
                           stop=tuple(r.stop), seed=seed)
 
 
-@dataclass
-class RunState:
+@dataclass(frozen=True)
+class Policy:
+    """The trained model and what updates it."""
+
+    model_dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    model: torch.nn.Module
+    ref_model: Optional[torch.nn.Module]  # beta > 0 without LoRA (LoRA: the adapters disabled)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    moe: Optional[MoEController]  # None for a dense policy
+
+
+@dataclass(frozen=True)
+class Run:
+    """Everything one training run holds, built once before the first step (the objects inside
+    change as they train; which objects they are does not)."""
+
     cfg: RunConfig
+    dist: Dist
     run_dir: Path
     task: TaskData
-    scorer: Any
-    model_dir: Path | None = None
-    tokenizer: Any = None
-    policy: Any = None
-    ref_model: Any = None
-    optimizer: Any = None
-    scheduler: Any = None
-    engine: Any = None
-    sampler: Any = None
-    dist: Any = None  # grpo.distributed.Dist
-    nonfinite_streak: int = 0
-    moe: Any = None
-    owns_engine: bool = True
-    last_advantages: Any = None  # [N] advantages of the global batch of the last step
+    scorer: RewardScorer
+    policy: Policy
+    sampler: PromptSampler
+    engine: Engine
 
     @property
     def is_main(self) -> bool:
-        return self.dist is None or self.dist.is_main
-
-    @property
-    def shared_server(self) -> bool:
-        """All ranks generate through one server: only rank 0 pushes weights."""
-        return self.cfg.rollout.engine == "vllm_server"
-
-    @property
-    def temperature(self) -> float:
-        a = self.cfg.algo
-        return a.temperature if a.temperature is not None else self.cfg.rollout.temperature
-
-    @property
-    def wants_routing(self) -> bool:
-        # r3 replays the engine's routes, so it implies recording them.
-        return self.cfg.moe.routing_replay == "r3" or self.cfg.rollout.return_routing
-
-    def forward_hook(self, batch, step: int):
-        return self.moe.forward_hook(batch, step) if self.moe is not None else None
-
-    def moe_metrics(self, step: int) -> dict:
-        return self.moe.step_metrics(step) if self.moe is not None else {}
-
-    def count_nonfinite(self, metrics: dict) -> None:
-        if metrics.get("nonfinite", 0):
-            self.nonfinite_streak += 1
-            log.warning("non-finite loss/gradient: update skipped (%d in a row)", self.nonfinite_streak)
-            if self.nonfinite_streak >= self.cfg.optim.max_nonfinite_steps:
-                raise GrpoError(f"{self.nonfinite_streak} consecutive non-finite updates: stopping. Lower "
-                                "optim.lr, enable optim.grad_clip, or check the rewards for NaN/Inf.")
-        else:
-            self.nonfinite_streak = 0
-
-    def sync_weights(self) -> None:
-        from grpo.weights import policy_weights_for_engine
-
-        if self.is_main or not self.shared_server:
-            self.engine.update_weights(policy_weights_for_engine(self.policy))
-        if self.dist is not None:
-            self.dist.barrier()  # nobody samples from a shared server before the push is done
-
-    def extra_state(self) -> dict:
-        return {"sampler": self.sampler.state(), "nonfinite_streak": self.nonfinite_streak}
-
-    def close(self) -> None:
-        for obj in (self.engine if self.owns_engine else None, self.scorer):
-            if obj is None:
-                continue
-            try:
-                (obj.shutdown if hasattr(obj, "shutdown") else obj.close)()
-            except Exception as e:  # closing must not hide the error that got us here
-                log.warning("error while closing %s: %s", type(obj).__name__, e)
+        return self.dist.is_main
 
 
-def build_policy(state: RunState) -> None:
+def build_policy(cfg: RunConfig) -> Policy:
     from grpo.models.loader import load_causal_lm, load_tokenizer, resolve_model
     from grpo.optim import build_optimizer, make_reference_model, prepare_model
 
-    cfg = state.cfg
-    state.model_dir = resolve_model(cfg.model.name)
-    state.tokenizer = load_tokenizer(state.model_dir)
-    policy = load_causal_lm(state.model_dir, cfg.model.dtype)
-    state.policy = prepare_model(policy, cfg.model)
-    state.moe = _moe_controller(state.policy, state)
-    if cfg.algo.beta > 0 and not cfg.model.lora.enabled:
-        state.ref_model = make_reference_model(state.policy)
-    state.optimizer, state.scheduler = build_optimizer(state.policy, cfg.optim, cfg.train.steps)
+    model_dir = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(model_dir)
+    model = prepare_model(load_causal_lm(model_dir, cfg.model.dtype), cfg.model)
+    moe = _moe_controller(model, cfg)
+    ref = make_reference_model(model) if cfg.algo.beta > 0 and not cfg.model.lora.enabled else None
+    optimizer, scheduler = build_optimizer(model, cfg.optim, cfg.train.steps)
+    return Policy(model_dir, tokenizer, model, ref, optimizer, scheduler, moe)
 
 
-def build_sampler(state: RunState) -> None:
-    from grpo.sampler import PromptSampler
-
-    cfg, train = state.cfg, state.task.train
-    state.sampler = PromptSampler(len(train), seed=cfg.data.seed, curriculum=cfg.data.curriculum,
-                                  difficulty=train["difficulty"] if "difficulty" in train.column_names else None)
-
-
-def _moe_controller(policy, state: RunState):
+def _moe_controller(model: torch.nn.Module, cfg: RunConfig) -> Optional[MoEController]:
     from grpo.moe_controller import MoEController, is_moe
 
-    cfg = state.cfg
-    if not is_moe(policy, needs_hooks=cfg.moe.routing_replay != "none"):
+    if not is_moe(model, needs_hooks=cfg.moe.routing_replay != "none"):
         if cfg.moe.routing_replay != "none":
             raise GrpoError(f"moe.routing_replay={cfg.moe.routing_replay} needs an MoE policy; "
                             f"{cfg.model.name} is dense. Set moe.routing_replay=none.")
         return None
-    return MoEController(policy, cfg.moe, state.wants_routing, state.temperature,
+    return MoEController(model, cfg.moe, wants_routing(cfg), trainer_temperature(cfg),
                          cfg.optim.micro_batch_tokens, cfg.optim.logprob_chunk)
 
 
-def check_context(state: RunState) -> None:
-    """Every prompt + max_tokens must fit the engine's context: checked before the engine starts."""
+def build_sampler(cfg: RunConfig, train: Any) -> PromptSampler:
+    from grpo.sampler import PromptSampler
+
+    return PromptSampler(len(train), seed=cfg.data.seed, curriculum=cfg.data.curriculum,
+                         difficulty=train["difficulty"] if "difficulty" in train.column_names else None)
+
+
+def check_context(cfg: RunConfig, policy: Policy, task: TaskData) -> TaskData:
+    """Every prompt + max_tokens must fit the engine's context: checked before the engine starts.
+    Returns the task, without the long prompts when data.drop_long_prompts allows dropping them."""
     from rollouts.prompts import encode_prompts
 
-    r = state.cfg.rollout
+    r = cfg.rollout
     limit = r.max_model_len - r.max_tokens
-    model_max = getattr(state.policy.config, "max_position_embeddings", None)
+    model_max = getattr(policy.model.config, "max_position_embeddings", None)
     if model_max is not None and r.max_model_len > model_max:
         raise DataError(f"rollout.max_model_len={r.max_model_len} exceeds the model's context ({model_max}).")
     for split in ("train", "eval"):
-        ds = getattr(state.task, split)
-        lengths = [len(ids) for ids in encode_prompts(state.tokenizer, ds["prompt"])]
+        ds = getattr(task, split)
+        lengths = [len(ids) for ids in encode_prompts(policy.tokenizer, ds["prompt"])]
         too_long = [i for i, n in enumerate(lengths) if n > limit]
         if not too_long:
             continue
         worst = max(too_long, key=lengths.__getitem__)
-        if not state.cfg.data.drop_long_prompts or len(too_long) == len(lengths):
+        if not cfg.data.drop_long_prompts or len(too_long) == len(lengths):
             raise DataError(
                 f"{split} prompt #{worst} has {lengths[worst]} tokens ({len(too_long)} of {len(lengths)} prompts too "
                 f"long); with rollout.max_tokens={r.max_tokens} it does not fit rollout.max_model_len="
                 f"{r.max_model_len}. Raise max_model_len, shorten prompts, or set data.drop_long_prompts=true."
             )
         log.warning("dropping %d of %d %s prompts longer than %d tokens", len(too_long), len(lengths), split, limit)
-        keep = sorted(set(range(len(lengths))) - set(too_long))
-        setattr(state.task, split, ds.select(keep))
+        task = replace(task, **{split: ds.select(sorted(set(range(len(lengths))) - set(too_long)))})
+    return task
 
 
-def maybe_resume(state: RunState) -> int:
+def maybe_resume(cfg: RunConfig, run_dir: Path, policy: Policy, sampler: PromptSampler) -> tuple[int, int]:
+    """Load the newest checkpoint that loads into policy and sampler (train.resume=true).
+    Returns (step to continue after, consecutive non-finite updates at that step)."""
     from grpo.checkpoint import load_latest_checkpoint
 
-    if not state.cfg.train.resume:
-        return 0
-    found = load_latest_checkpoint(state.run_dir, state.policy, state.optimizer, state.scheduler)
+    if not cfg.train.resume:
+        return 0, 0
+    found = load_latest_checkpoint(run_dir, policy.model, policy.optimizer, policy.scheduler)
     if found is None:
-        log.info("resume requested but %s has no checkpoint: starting from scratch", state.run_dir)
-        return 0
-    ckpt, saved = found  # the newest one that loads: a corrupt latest falls back to the one before
-    state.sampler.load_state(saved["extra"]["sampler"])
-    state.nonfinite_streak = saved["extra"].get("nonfinite_streak", 0)
+        log.info("resume requested but %s has no checkpoint: starting from scratch", run_dir)
+        return 0, 0
+    ckpt, saved = found  # a corrupt latest falls back to the one before
+    sampler.load_state(saved["extra"]["sampler"])
     log.info("resumed from %s (step %d)", ckpt, saved["step"])
-    return int(saved["step"])
+    return int(saved["step"]), int(saved["extra"].get("nonfinite_streak", 0))
 
 
-def build_engine(state: RunState, engine=None) -> None:
+def start_engine(cfg: RunConfig, model_dir: Path, dist: Dist) -> Engine:
     from rollouts import make_engine
 
-    r, cfg = state.cfg.rollout, state.cfg
-    if engine is not None:
-        state.engine, state.owns_engine = engine, False
-        state.sync_weights()  # the engine may hold another run's weights
-        return
+    r = cfg.rollout
     n_seqs = max(cfg.train.prompts_per_step * r.group_size, 8)
     opts = dict(max_model_len=r.max_model_len, max_num_seqs=n_seqs, seed=cfg.train.seed, kv_cache_gb=r.kv_cache_gb)
-    dist = state.dist
-    if r.engine == "vllm_server" and r.server_url is None and dist is not None and dist.enabled:
+    if r.engine == "vllm_server" and r.server_url is None and dist.enabled:
         # One shared server for all ranks: rank 0 starts it, the others connect to its URL.
-        state.engine = make_engine(r.engine, state.model_dir, **opts) if dist.is_main else None
-        url = dist.gather(state.engine.url if dist.is_main else None)[0]
+        engine = make_engine(r.engine, model_dir, **opts) if dist.is_main else None
+        url = dist.gather(engine.url if dist.is_main else None)[0]
         if not dist.is_main:
-            state.engine = make_engine(r.engine, state.model_dir, server_url=url, **opts)
+            engine = make_engine(r.engine, model_dir, server_url=url, **opts)
     else:
-        state.engine = make_engine(r.engine, state.model_dir, server_url=r.server_url, **opts)
-    if state.cfg.train.resume:  # the engine loaded the base weights: push the resumed ones
-        state.sync_weights()
+        engine = make_engine(r.engine, model_dir, server_url=r.server_url, **opts)
     _restore_torch_threads()
+    return engine
 
 
 def _restore_torch_threads() -> None:
     """vLLM's CPU worker drops torch to 1 thread for serving; the colocated trainer wants them all."""
-    import os
-
     import torch
 
     wanted = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+
+
+def sync_weights(cfg: RunConfig, engine: Engine, model: torch.nn.Module, dist: Dist) -> None:
+    """Push the policy's weights to the engine. All ranks sharing one server: only rank 0 pushes."""
+    from rollouts import policy_weights
+
+    if dist.is_main or cfg.rollout.engine != "vllm_server":
+        with policy_weights(model) as weights:
+            engine.update_weights(weights)
+    dist.barrier()  # nobody samples from a shared server before the push is done
+
+
+def count_nonfinite(metrics: dict[str, float], streak: int, limit: int) -> int:
+    """The new count of consecutive skipped (NaN/Inf) updates; stops the run at `limit`."""
+    if not metrics.get("nonfinite", 0):
+        return 0
+    streak += 1
+    log.warning("non-finite loss/gradient: update skipped (%d in a row)", streak)
+    if streak >= limit:
+        raise GrpoError(f"{streak} consecutive non-finite updates: stopping. Lower "
+                        "optim.lr, enable optim.grad_clip, or check the rewards for NaN/Inf.")
+    return streak
+
+
+def close_quietly(obj: Any) -> None:
+    """Shut an engine or scorer down; an error here must not hide the one that got us here."""
+    try:
+        (obj.shutdown if hasattr(obj, "shutdown") else obj.close)()
+    except Exception as e:
+        log.warning("error while closing %s: %s", type(obj).__name__, e)

@@ -25,6 +25,10 @@ The API the trainer calls::
                        #  "reward/total/std", "reward/frac_zero_var_groups"}
     res.status         # {label: per-sample "ok" | "none" | "timeout" | "error" | tag}
 
+A run builds its scorer from the `rewards:` config section with `build_scorer(cfg.rewards, data_dir,
+output_dir)` (training, held-out eval and `grpo eval` alike); `required_columns` / `check_columns`
+check the data against the columns the rewards declare (rewards.build).
+
 Training and evaluation score generated completions through one function, so both
 see the same columns (the gold `answer_column` also as `answer`) and GroupInfo::
 
@@ -54,6 +58,7 @@ Register your own name with `@rewards.register("name")`.
 """
 
 from rewards.batch import score_completions
+from rewards.build import build_scorer, check_columns, required_columns
 from rewards.errors import RewardError, RewardFunctionError
 from rewards.registry import register, resolve
 from rewards.scorer import RewardScorer
@@ -62,5 +67,5 @@ from rewards.types import GroupInfo, Scores
 
 __all__ = [
     "GroupInfo", "RewardError", "RewardFunctionError", "RewardResult", "RewardScorer", "RewardSpec", "Scores",
-    "register", "resolve", "score_completions",
+    "build_scorer", "check_columns", "register", "required_columns", "resolve", "score_completions",
 ]

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import Future
+from pathlib import Path
 
+from rewards.errors import RewardError
 from rewards.sandbox import JudgeSpec, Sandbox, SandboxLimits
 from rewards.sandbox.pool import default_hide
 from rewards.types import Scores
@@ -75,7 +77,7 @@ class CodeTests:
                  inputs_column: str = "inputs", outputs_column: str = "outputs",
                  prefix_column: str | None = "prompt_code") -> None:
         if io_compare not in IO_COMPARE:
-            raise ValueError(f"code_tests: io_compare must be one of {IO_COMPARE}, got {io_compare!r}")
+            raise RewardError(f"code_tests: io_compare must be one of {IO_COMPARE}, got {io_compare!r}")
         self.partial_credit, self.timeout_score, self.io_compare = partial_credit, timeout_score, io_compare
         self.cols = dict(test=test_column, entry_point=entry_point_column, test_list=test_list_column,
                          setup=setup_column, inputs=inputs_column, outputs=outputs_column, prefix=prefix_column)
@@ -84,6 +86,20 @@ class CodeTests:
         self.sandbox = Sandbox(lim, num_workers=num_workers, backend=backend,
                                hide=default_hide() + [str(p) for p in hide_paths or []])
         self.__name__ = "code_tests"
+
+    @staticmethod
+    def needed_columns(options: dict) -> list[list[str]]:
+        """One of the test styles' column sets (rewards.build checks the data against them)."""
+        col = lambda key, default: options.get(f"{key}_column", default)  # noqa: E731
+        return [[col("test", "test"), col("entry_point", "entry_point")], [col("test_list", "test_list")],
+                [col("inputs", "inputs"), col("outputs", "outputs")]]
+
+    @staticmethod
+    def run_options(options: dict, data_dir: Path | None, output_dir: Path | str) -> dict:
+        """Also cover the dataset's folder and the run's output folder inside the sandbox: a completion
+        must not read its own expected answer (the data file) or the trainer's checkpoints."""
+        hide = [str(output_dir)] + ([str(data_dir)] if data_dir is not None else [])
+        return {**options, "hide_paths": [*options.get("hide_paths", []), *hide]}
 
     def _col(self, columns: dict, key: str, i: int):
         name = self.cols[key]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from rewards.errors import RewardError
 from rewards.math_extract import MODES, extract_answer, gold_span
 from rewards.timeout_pool import TimeoutPool
 from rewards.types import Scores
@@ -36,15 +37,20 @@ class MathAccuracy:
     def __init__(self, mode: str = "strict", answer_column: str = "answer", timeout_s: float = 5.0,
                  timeout_score: float = 0.0, num_workers: int = 2) -> None:
         if mode not in MODES:
-            raise ValueError(f"math_accuracy: mode must be one of {MODES}, got {mode!r}")
+            raise RewardError(f"math_accuracy: mode must be one of {MODES}, got {mode!r}")
         self.mode, self.answer_column, self.timeout_score = mode, answer_column, timeout_score
         self.pool = TimeoutPool("rewards.math_verify_worker:check", num_workers=num_workers, timeout_s=timeout_s)
         self._cache: OrderedDict[tuple[str, str], tuple[float | None, str]] = OrderedDict()
         self.__name__ = "math_accuracy"
 
+    @staticmethod
+    def needed_columns(options: dict) -> list[list[str]]:
+        """The gold answer (the data's `answer_column` arrives as `answer`): rewards.build reads this."""
+        return [[options.get("answer_column", "answer")]]
+
     def __call__(self, prompts: list[str], completions: list[str], **columns) -> Scores:
         if self.answer_column not in columns:
-            raise KeyError(f"math_accuracy needs the gold answer in column {self.answer_column!r}; the batch has "
+            raise RewardError(f"math_accuracy needs the gold answer in column {self.answer_column!r}; the batch has "
                            f"{sorted(columns)}. Pass answer_column=<name> if it is called something else.")
         golds = columns[self.answer_column]
         values: list[float | None] = []

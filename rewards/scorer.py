@@ -43,7 +43,7 @@ class RewardScorer:
 
     def __init__(self, specs: list[RewardSpec], num_workers: int = 2, on_fault: str = "error") -> None:
         if on_fault not in ON_FAULT:
-            raise ValueError(f"on_fault must be one of {ON_FAULT}, got {on_fault!r}")
+            raise RewardError(f"rewards.on_fault must be one of {ON_FAULT}, got {on_fault!r}")
         if not specs:
             raise RewardError("RewardScorer needs at least one RewardSpec")
         self.specs, self.on_fault = list(specs), on_fault

@@ -195,19 +195,20 @@ def test_nothing_carries_over_to_the_next_sample(reward, host):
 
 def test_reading_the_expected_answer_from_the_dataset_file(reward, host, tmp_path):
     """A user's data file (default mode 0644, outside the default hidden directories) is covered
-    inside the sandbox because the recipe gives code_tests its folder (run_setup._reward_kwargs);
+    inside the sandbox because the run gives code_tests its folder (rewards.build.reward_options);
     the same reward without it can read the answer: the probe is real."""
     import json
     import os
 
     from grpo.config_io import load_config
-    from grpo.run_setup import _reward_kwargs
+    from grpo.data import source_dir
+    from rewards.build import reward_options
 
     data = host.visible_dir / "my_dataset.jsonl"  # e.g. /data/mbpp.jsonl: a user's own file, default mode
     data.write_text(json.dumps({"question": "grpo-reliability-probe", "answer": host.token}) + "\n")
     os.chmod(data, 0o644)
     cfg = load_config(None, [f"data.source={data}", f"train.output_dir={tmp_path}"])
-    kwargs = _reward_kwargs(cfg, "code_tests", {})
+    kwargs = reward_options("code_tests", {}, source_dir(cfg.data), cfg.train.output_dir)
     assert str(host.visible_dir) in kwargs["hide_paths"]
     covered = CodeTests(timeout_s=TIMEOUT_S, memory_mb=256, max_processes=16, num_workers=1,
                         backend=reward.sandbox.backend, **kwargs)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import grpo.advantages as adv_mod
+import recipes.train_grpo as tg
 from grpo.checkpoint import latest_checkpoint, list_checkpoints
 from grpo.errors import CheckpointError, GrpoError
 from tests.reliability.conftest import step_records
@@ -24,26 +24,25 @@ RUN = ["train.steps=4", "train.save_every=1", "train.keep_checkpoints=5", "optim
 
 def _nan_advantages_at(monkeypatch, steps: set[int]):
     """Advantages become NaN in the given steps (so does the loss); other steps are untouched."""
-    real, calls = adv_mod.compute_advantages, {"n": 0}
+    real, calls = tg.compute_advantages, {"n": 0}
 
     def compute(*a, **k):
         calls["n"] += 1
         out = real(*a, **k)
         return torch.full_like(out, math.nan) if calls["n"] in steps else out
-    monkeypatch.setattr(adv_mod, "compute_advantages", compute)
+    monkeypatch.setattr(tg, "compute_advantages", compute)  # where the recipe looks it up
 
 
 def _inf_gradient_at(monkeypatch, steps: set[int]):
     """The first parameter's gradient becomes Inf in the given steps (the loss stays finite)."""
-    import recipes.train_grpo as tg
-
     real_build, real_step = tg.build_policy, tg.train_step
     current = {"step": 0}
 
-    def build(state):
-        real_build(state)
-        p = next(state.policy.parameters())
+    def build(cfg):
+        policy = real_build(cfg)
+        p = next(policy.model.parameters())
         p.register_hook(lambda g: g * math.inf if current["step"] in steps else g)
+        return policy
 
     def step(state, n):
         current["step"] = n
@@ -98,15 +97,13 @@ def test_n_nonfinite_in_a_row_stop_the_run_clearly(tmp_path, tiny_cfg, tiny_dirs
 def test_nan_weights_are_never_checkpointed(tmp_path, tiny_cfg, tiny_dirs, monkeypatch):
     """Weights corrupted to NaN (here: by hand after step 2's update): the step-2 checkpoint is
     refused, the run stops, and the newest checkpoint on disk is the last finite one."""
-    import recipes.train_grpo as tg
-
     real = tg.train_step
 
     def step(state, n):
         out = real(state, n)
         if n == 2:
             with torch.no_grad():
-                next(state.policy.parameters())[0, 0] = math.nan
+                next(state.policy.model.parameters())[0, 0] = math.nan
         return out
     monkeypatch.setattr(tg, "train_step", step)
     with pytest.raises(CheckpointError, match="refusing to write checkpoint at step 2: the model has NaN/Inf"):

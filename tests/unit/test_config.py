@@ -88,18 +88,32 @@ def test_every_recipe_yaml_loads(path):
 
 
 def test_reward_timeout_and_fault_score_reach_the_scorer_spec(tmp_path):
-    from grpo.run_setup import _reward_kwargs
+    from grpo.data import source_dir
+    from rewards.build import reward_options
 
     data = tmp_path / "data" / "mbpp.jsonl"
     data.parent.mkdir()
     data.write_text("{}\n")
     cfg = load_config(None, [f"data.source={data}", f"train.output_dir={tmp_path / 'out'}",
-                             "rewards.functions=[{name: 'my.mod:fn', timeout_s: 2.5, fault_score: -1}, "
-                             "{name: code_tests, kwargs: {hide_paths: [/srv/x]}}]"])
+                             "rewards.functions=[{name: 'rewards.shaping:think_format', timeout_s: 2.5, "
+                             "fault_score: -1}, {name: code_tests, kwargs: {hide_paths: [/srv/x]}}]"])
     user, code = cfg.rewards.functions
     assert (user.timeout_s, user.fault_score) == (2.5, -1.0)
-    assert _reward_kwargs(cfg, user.name, user.kwargs) == {}
-    assert _reward_kwargs(cfg, code.name, code.kwargs)["hide_paths"] == [
+    where = (source_dir(cfg.data), cfg.train.output_dir)
+    assert reward_options(user.name, user.kwargs, *where) == {}
+    # code_tests covers the data's folder and the run's outputs in its sandbox (rewards.code_tests.run_options)
+    assert reward_options(code.name, code.kwargs, *where)["hide_paths"] == [
         "/srv/x", str(tmp_path / "out"), str(data.parent)]
     with pytest.raises(ConfigError, match="timeout_s"):
         load_config(None, ["rewards.functions=[{name: 'my.mod:fn', timeout_s: soon}]"])
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path):
+    from grpo.config_io import save_config
+
+    cfg = load_config(RECIPE_CONFIGS[0], ["algo.kl_ratio=true", 'rollout.stop=["\\n\\n"]', "optim.lr=3e-6",
+                                          "rewards.functions=[{name: math_accuracy, kwargs: {mode: last_number}}]"])
+    path = save_config(cfg, tmp_path / "run" / "config.yaml")
+    assert path == tmp_path / "run" / "config.yaml" and not list(path.parent.glob("*.tmp"))
+    again = load_config(path)
+    assert again == cfg and again.algo.kl_ratio is True and again.rollout.stop == ["\n\n"]

@@ -15,8 +15,10 @@ import pytest
 
 from grpo.config_io import load_config
 from grpo.evaluate import evaluate
-from grpo.run_setup import RunState, build_scorer, load_run_data
+from grpo.data import source_dir
+from grpo.run_setup import load_run_data
 from recipes.train_grpo import generate_and_score
+from rewards import build_scorer
 from rollouts.types import Completion, SamplingConfig
 
 SEEN: list[dict] = []  # what reads_answer received, call by call
@@ -83,9 +85,8 @@ def test_training_and_eval_score_the_same_completions_alike(setup, tmp_path):
     cfg = load_config(config)
     task = load_run_data(cfg)
     ids = [0, 3, 5]
-    with build_scorer(cfg) as scorer:
-        state = RunState(cfg=cfg, run_dir=tmp_path / "runs" / "r", task=task, scorer=scorer, engine=engine)
-        _, train_res, _, _ = generate_and_score(state, ids, step=1)
+    with build_scorer(cfg.rewards, source_dir(cfg.data), cfg.train.output_dir) as scorer:
+        _, train_res, _, _ = generate_and_score(cfg, engine, scorer, task.train, ids, step=1)
         ev = evaluate(engine, scorer, task.train.select(ids), answer_column=cfg.data.answer_column, k=4,
                       temperature=1.0)
     right = [1.0, 0.0, 1.0, 0.0] * len(ids)

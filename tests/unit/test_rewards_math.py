@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rewards import RewardScorer, RewardSpec
+from rewards import RewardError, RewardScorer, RewardSpec
 from rewards.math_accuracy import MathAccuracy
 from rewards.math_extract import extract_answer, gold_span
 from rewards.timeout_pool import TimeoutPool
@@ -156,7 +156,7 @@ def test_statuses(strict):
 
 
 def test_missing_answer_column_names_it(strict):
-    with pytest.raises(KeyError, match="answer_column"):
+    with pytest.raises(RewardError, match="answer_column"):
         strict([""], ["\\boxed{1}"], gold=["1"])
 
 
@@ -230,3 +230,5 @@ def test_gold_span_and_bad_mode():
     assert gold_span(3.5) == "3.5"
     with pytest.raises(ValueError, match="mode"):
         extract_answer("x", "first_number")
+    with pytest.raises(RewardError, match="mode must be one of"):  # the option, checked before any pool starts
+        MathAccuracy(mode="first_number")

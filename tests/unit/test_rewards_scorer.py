@@ -291,7 +291,7 @@ def test_frac_zero_variance_groups():
 
 
 def test_bad_on_fault_value():
-    with pytest.raises(ValueError, match="on_fault"):
+    with pytest.raises(RewardError, match="on_fault"):
         RewardScorer([spec("ones")], on_fault="ignore")
 
 
