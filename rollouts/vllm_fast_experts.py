@@ -17,27 +17,27 @@ from __future__ import annotations
 
 import re
 
+from rollouts.vllm_private import cpu_moe_kernel, layer_index, padded_intermediate_size, prepack_moe_weight, uses_zentorch
+
 _FUSED = re.compile(r"(?:^|\.)layers\.(\d+)\..*experts\.(gate_up_proj|down_proj)$")
 
 
 class CPUExpertWriter:
     def __init__(self, model):
-        from vllm.model_executor.models.utils import extract_layer_index
-
         self.layers: dict[int, tuple[object, str]] = {}  # layer index -> (routed-experts module, isa)
         for name, module in model.named_modules():
-            method = getattr(module, "quant_method", None)
-            experts = getattr(getattr(method, "moe_kernel", None), "fused_experts", None)
-            if experts is None or "CPU" not in type(experts).__name__ or not hasattr(experts, "isa"):
+            found = cpu_moe_kernel(module)
+            experts = found[1] if found is not None else None
+            if experts is None or not hasattr(experts, "isa"):
                 continue
-            if getattr(experts, "_use_zentorch", False) or hasattr(module, "w13_bias"):
+            if uses_zentorch(experts) or hasattr(module, "w13_bias"):
                 continue
             if not (hasattr(module, "w13_weight") and hasattr(module, "w2_weight")):
                 continue
-            padded = experts._padded_intermediate_size(experts.moe_config)
-            if padded != experts.moe_config.intermediate_size_per_partition:
+            padded, own = padded_intermediate_size(experts)
+            if padded != own:
                 continue  # kernel weights are padded: not the trainer's layout
-            self.layers[extract_layer_index(name)] = (module, experts.isa)
+            self.layers[layer_index(name)] = (module, experts.isa)
 
     def split(self, named: list[tuple[str, object]]) -> tuple[dict[int, dict[str, object]], list[tuple[str, object]]]:
         """(fused expert tensors this writer takes, by layer; everything else)."""
@@ -65,4 +65,4 @@ class CPUExpertWriter:
                 module, isa = self.layers[layer]
                 for src, dst in ((parts["gate_up_proj"], module.w13_weight), (parts["down_proj"], module.w2_weight)):
                     src = src.detach().to(device=dst.device, dtype=dst.dtype).contiguous()
-                    torch.ops._C.prepack_moe_weight(src, dst.data, isa)  # [E, ...] -> kernel layout, in place
+                    prepack_moe_weight(src, dst.data, isa)  # [E, ...] -> kernel layout, in place

