@@ -13,6 +13,7 @@ import string
 from pathlib import Path
 from typing import Literal
 
+from grpo.errors import ModelLoadError
 from grpo.models.cache import atomic_dir, cache_dir
 
 TinyArch = Literal["llama", "mixtral", "qwen3_moe", "qwen2_moe", "deepseek_v3"]
@@ -82,7 +83,7 @@ def tiny_config(arch: TinyArch, vocab_size: int):
             v_head_dim=32, routed_scaling_factor=1.0, norm_topk_prob=True,
             num_key_value_heads=d["num_attention_heads"], **dims,
         )
-    raise ValueError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
+    raise ModelLoadError(f"unknown tiny architecture {arch!r}; choose from {TINY_ARCHS}")
 
 
 def build_tiny_model(arch: TinyArch, out_dir: str | Path, seed: int = 0) -> Path:

@@ -168,3 +168,10 @@ def test_install_check_prints_a_broken_stack_as_one_line(monkeypatch, capsys):
     assert ic.main() == 2
     assert capsys.readouterr().err == "error: transformers fails to import. Fix: python -m grpo.install_check --repair\n"
     assert issubclass(ic.InstallError, GrpoError)
+
+
+def test_unknown_tiny_architecture_is_a_model_load_error():
+    from grpo.models.tiny import tiny_config
+
+    with pytest.raises(ModelLoadError, match="unknown tiny architecture 'gpt9'"):
+        tiny_config("gpt9", vocab_size=64)
