@@ -2,8 +2,7 @@
 
 Run the whole tier (hostile-code tests skip unless an outer pids guard is in place, SECURITY.md):
 
-    CG=/sys/fs/cgroup/pids/guard-$$; mkdir -p $CG; echo 600 > $CG/pids.max; echo $$ > $CG/cgroup.procs
-    OMP_NUM_THREADS=1 unshare --pid --fork --mount-proc .venv/bin/python -m pytest -q tests/reliability
+    make test-reliability     # = tests/guarded.sh .venv/bin/python -m pytest -q tests/reliability
 
     cfg = tiny_cfg(tmp_path, ["rewards.on_fault=count"], model="llama")
     summary = main(cfg, engine=FakeEngine(tiny_dirs["llama"], poison_every=100))
