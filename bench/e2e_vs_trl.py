@@ -295,8 +295,7 @@ def worker_eval(a) -> dict:
     from grpo.data import source_dir
     from grpo.run_setup import load_run_data
     from rewards import build_scorer
-    from grpo.weights import policy_weights_for_engine
-    from rollouts import make_engine
+    from rollouts import make_engine, policy_weights
 
     cfg = run_config(a.model, Path(a.out) / "run")
     task = load_run_data(cfg)
@@ -308,7 +307,8 @@ def worker_eval(a) -> dict:
     try:
         for label, folder in folders.items():
             if folder is not None:
-                engine.update_weights(policy_weights_for_engine(load_causal_lm(Path(folder))))
+                with policy_weights(load_causal_lm(Path(folder))) as weights:
+                    engine.update_weights(weights)
             r = evaluate(engine, scorer, task.eval, answer_column=cfg.data.answer_column, k=1, temperature=0.0,
                          max_tokens=MAX_TOKENS, seed=cfg.train.seed + 17, stop=tuple(cfg.rollout.stop))
             results[label] = {"pass@1": r.pass_at_1, "stderr": r.stderr_pass_at_1, "n": r.n_problems}
