@@ -75,3 +75,13 @@ def test_bad_on_fault_is_a_reward_error(tmp_path):
     cfg.rewards.on_fault = "ignore"  # the YAML loader already refuses it; the scorer checks by itself too
     with pytest.raises(RewardError, match="rewards.on_fault must be one of"):
         build_scorer(cfg.rewards, None, cfg.train.output_dir)
+
+
+def test_a_missing_gold_column_stops_the_run_even_when_faults_are_counted():
+    """It used to be a KeyError, which on_fault=count scored as per-sample faults (fault_score, quietly)."""
+    from rewards import RewardScorer, RewardSpec
+
+    spec = RewardSpec("math_accuracy", kwargs={"answer_column": "gold", "num_workers": 1})
+    with RewardScorer([spec], on_fault="count") as scorer, \
+            pytest.raises(RewardError, match="needs the gold answer in column 'gold'; the batch has \\['answer'\\]"):
+        scorer(["q"], ["\\boxed{1}"], columns={"answer": ["1"]})
