@@ -13,7 +13,6 @@ The config is read by shape (RewardsSettings), so this package does not import g
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
