@@ -19,7 +19,6 @@ import yaml
 from grpo.config import RunConfig
 from grpo.errors import ConfigError
 
-
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 

@@ -14,8 +14,8 @@ from typing import Sequence
 import pytest
 
 from grpo.config_io import load_config
-from grpo.evaluate import evaluate
 from grpo.data import source_dir
+from grpo.evaluate import evaluate
 from grpo.run_setup import load_run_data
 from recipes.train_grpo import generate_and_score
 from rewards import build_scorer
