@@ -21,8 +21,8 @@ The API the trainer calls::
     res.total          # list[float], weighted sum over the functions that returned a number
     res.per_function   # {label: list[float | None]}
     res.metrics        # {"reward/math_accuracy/mean": ..., ".../std", ".../frac_none", ".../frac_timeout",
-                       #  ".../frac_error", ".../frac_<tag>", ".../seconds", "reward/total/mean",
-                       #  "reward/total/std", "reward/frac_zero_var_groups"}
+                       #  ".../frac_error", ".../frac_<tag>", ".../seconds",
+                       #  "reward/frac_zero_var_groups"}  (the total's mean: reward/mean, from the loop)
     res.status         # {label: per-sample "ok" | "none" | "timeout" | "error" | tag}
 
 A run builds its scorer from the `rewards:` config section with `build_scorer(cfg.rewards, data_dir,

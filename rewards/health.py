@@ -46,7 +46,8 @@ def frac_zero_variance_groups(values: Sequence[float | None], group_ids: Sequenc
 def health_metrics(per_function: dict[str, list[float | None]], status: dict[str, list[str]], total: list[float],
                    group_ids: list[int] | None, seconds: dict[str, float]) -> dict[str, float]:
     """Flat metrics: reward/<label>/{mean,std,frac_none,frac_timeout,frac_error,frac_<tag>,seconds},
-    reward/total/{mean,std}, reward/frac_zero_var_groups."""
+    reward/frac_zero_var_groups. The total's mean/std are not here: the loop logs them once, over the
+    global batch, as reward/mean and reward/std (one producer per key)."""
     out: dict[str, float] = {}
     n = len(total)
     for label, values in per_function.items():
@@ -57,7 +58,6 @@ def health_metrics(per_function: dict[str, list[float | None]], status: dict[str
         for tag in tags:
             out[f"reward/{label}/frac_{tag}"] = status[label].count(tag) / n if n else math.nan
         out[f"reward/{label}/seconds"] = seconds.get(label, math.nan)
-    out["reward/total/mean"], out["reward/total/std"] = _mean_std(total)
     if group_ids is not None:
         out["reward/frac_zero_var_groups"] = frac_zero_variance_groups(total, group_ids)
     return out
