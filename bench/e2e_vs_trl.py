@@ -290,9 +290,9 @@ def _import_trl_with_vllm():
 
 # ---------------------------------------------------------------------------------- eval --
 def worker_eval(a) -> dict:
+    from grpo.data import source_dir
     from grpo.evaluate import evaluate
     from grpo.models.loader import load_causal_lm, resolve_model
-    from grpo.data import source_dir
     from grpo.run_setup import load_run_data
     from rewards import build_scorer
     from rollouts import make_engine, policy_weights

@@ -32,8 +32,17 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from bench.common import (GIB, RssMonitor, emit_result, md_table, mem_total_bytes, reset_peak_rss,  # noqa: E402
-                          run_group, self_peak_rss_bytes, tree_rss_bytes)
+from bench.common import (  # noqa: E402
+    GIB,
+    RssMonitor,
+    emit_result,
+    md_table,
+    mem_total_bytes,
+    reset_peak_rss,
+    run_group,
+    self_peak_rss_bytes,
+    tree_rss_bytes,
+)
 
 DEMO = Path(__file__).resolve().parent.parent / "recipes" / "configs" / "demo.yaml"
 SIZES = ("smollm2-135m", "smollm2-135m-moe")
@@ -141,7 +150,8 @@ def train_step_memory(model_name: str, lora: bool) -> dict:
         policy_update(model, opt, sched, batch, algo, optim_cfg, max_tokens=64)
     secs = (time.perf_counter() - t) / 2
     peak = self_peak_rss_bytes()
-    return {"model": model_name, "lora": lora, "params": params, "trainable": trainable, "base": base, "peak_delta": peak - base, "per_param": (peak - base) / params,
+    return {"model": model_name, "lora": lora, "params": params, "trainable": trainable, "base": base,
+            "peak_delta": peak - base, "per_param": (peak - base) / params,
             "step_s": secs, "tokens": batch.num_completion_tokens}
 
 

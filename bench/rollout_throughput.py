@@ -97,7 +97,8 @@ def main() -> None:
         results["raw vllm.LLM.generate"].append(run_raw(vllm_engine._llm, prompt_ids, g, sampling))
         if hf is not None and r == 0:  # minutes per run on 2 cores: once
             results[hf_name] = [run_engine(hf, prompts, g, sampling)]
-        print(f"round {r}: " + ", ".join(f"{k} {v[-1][0] / v[-1][1]:.1f} tok/s" for k, v in results.items()), flush=True)
+        print(f"round {r}: " + ", ".join(f"{k} {v[-1][0] / v[-1][1]:.1f} tok/s" for k, v in results.items()),
+              flush=True)
     load.append(os.getloadavg()[0])
 
     n_params = sum(p.numel() for p in trainer.parameters())

@@ -194,7 +194,8 @@ def bench_model(name: str, reps: int, peak: float, with_plain: bool) -> dict:
     flops = 6 * active_params(model) * unique
     best = {k: min(v) for k, v in times.items()}
     pk = plans["ours packed+shared prompt"].micro_batches
-    return dict(model=name, best=best, times=times, best_cpu={k: min(v) for k, v in cpu.items()}, unique=unique, completion_tokens=batch.num_completion_tokens,
+    return dict(model=name, best=best, times=times, best_cpu={k: min(v) for k, v in cpu.items()}, unique=unique,
+                completion_tokens=batch.num_completion_tokens,
                 flops=flops, peak=peak, trl_slots=int(inputs["prompt_ids"].numel() + inputs["completion_ids"].numel()),
                 our_slots=sum(mb.num_slots for mb in pk), micro_batches=len(pk))
 

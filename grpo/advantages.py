@@ -1,8 +1,8 @@
 """Group-relative advantages and the small pure helpers around them.
 
 Rewards arrive flat, one per completion ([N]), with a group id per completion
-(the prompt index) or the group size G when groups are contiguous. NaN rewards mean "unscorable": they are left out of the
-group baseline and get advantage 0, as TRL does.
+(the prompt index) or the group size G when groups are contiguous. NaN rewards mean "unscorable": they are left out of
+the group baseline and get advantage 0, as TRL does.
 
 Modes (AlgoConfig.advantage):
   group  (r - mean_g) / (std_g + eps)        GRPO (DeepSeekMath)

@@ -115,7 +115,8 @@ def install_bubblewrap(run: Callable = subprocess.run, which: Callable = shutil.
             return f"bubblewrap: apt-get install bubblewrap failed: {fix}"
     works, why = bwrap_works(run)
     if works:
-        return "bubblewrap: bwrap works here (the sandbox's bwrap backend is available; the attack suites run on it too)"
+        return ("bubblewrap: bwrap works here (the sandbox's bwrap backend is available; "
+                "the attack suites run on it too)")
     return f"bubblewrap: bwrap is installed but cannot start a sandbox here ({why}): only unshare is usable"
 
 

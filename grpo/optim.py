@@ -70,14 +70,16 @@ def build_scheduler(
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig):
     """Wrap with peft LoRA adapters; only the adapters train."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in cfg.target_modules if t not in names]
     if missing:
         raise ConfigError(f"lora.target_modules {missing} match no module of {type(model).__name__}")
     if "lm_head" in cfg.target_modules:
-        raise ConfigError("LoRA on lm_head is not supported by the chunked log-prob head: remove it from target_modules")
+        raise ConfigError("LoRA on lm_head is not supported by the chunked log-prob head: "
+                          "remove it from target_modules")
     pcfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, pcfg)

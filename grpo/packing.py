@@ -115,7 +115,9 @@ def _rows(units: list[_Unit], max_row_tokens: int) -> list[list[_Unit]]:
 
 def _row_arrays(row: list[_Unit], completions: Sequence[Sequence[int]]) -> dict[str, list[int]]:
     """Flat per-position lists of one row, plus the scored-token lists (positions local to the row)."""
-    a: dict[str, list[int]] = {k: [] for k in ("ids", "pos", "unit", "branch", "sseq", "spos", "pred", "tgt", "tseq", "tpos")}
+    a: dict[str, list[int]] = {
+        k: [] for k in ("ids", "pos", "unit", "branch", "sseq", "spos", "pred", "tgt", "tseq", "tpos")
+    }
     for ui, u in enumerate(row):
         start = len(a["ids"])
         P = len(u.prompt)

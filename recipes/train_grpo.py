@@ -39,10 +39,25 @@ from grpo.dynamic_sampling import refill_zero_variance_groups
 from grpo.errors import GrpoError
 from grpo.evaluate import evaluate
 from grpo.metrics import MetricsSink, merge_metrics, process_memory
-from grpo.run_setup import (Run, build_policy, build_sampler, check_context, check_parallel_config, close_quietly,
-                            count_nonfinite, engine_failure, load_run_data, maybe_resume, run_dir_for,
-                            sampling_config, seed_everything, start_engine, sync_weights, trainer_temperature,
-                            wants_routing)
+from grpo.run_setup import (
+    Run,
+    build_policy,
+    build_sampler,
+    check_context,
+    check_parallel_config,
+    close_quietly,
+    count_nonfinite,
+    engine_failure,
+    load_run_data,
+    maybe_resume,
+    run_dir_for,
+    sampling_config,
+    seed_everything,
+    start_engine,
+    sync_weights,
+    trainer_temperature,
+    wants_routing,
+)
 from grpo.update import policy_update
 from rewards import RewardResult, RewardScorer, build_scorer, score_completions
 from rollouts.types import Completion, Engine

@@ -79,7 +79,7 @@ def hf_routing(model, sequences: Sequence[Sequence[int]], batch_size: int = 8) -
             mask[i, :len(s)] = 1
         with torch.no_grad(), record_expert_choices(model) as calls:
             model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-        per_layer = [calls[l][0].view(len(chunk), width, -1) for l in layers]  # each [b, T, k]
+        per_layer = [calls[layer][0].view(len(chunk), width, -1) for layer in layers]  # each [b, T, k]
         stacked = torch.stack(per_layer, dim=2).sort(dim=-1).values  # [b, T, L, k]
         for i, s in enumerate(chunk):
             arr = np.full((len(s) + 1, len(layers), stacked.shape[-1]), NO_ROUTE, dtype=np.int16)

@@ -49,5 +49,6 @@ def request_json(
     reason = getattr(last, "reason", last)
     raise EngineError(
         f"{what} at {url} unreachable after {retries + 1} attempts ({type(last).__name__}: {reason}); "
-        "check that it is running and the URL/port is right (a timeout may also mean it is overloaded: raise the timeout)."
+        "check that it is running and the URL/port is right "
+        "(a timeout may also mean it is overloaded: raise the timeout)."
     )

@@ -44,7 +44,7 @@ def reference(model, completions: Sequence[Completion], temperature: float, batc
             lp = torch.log_softmax(logits[i, p - 1 : n - 1].float() / t, dim=-1)  # row j predicts token j
             logprobs.append(lp.gather(1, torch.tensor(c.completion_ids, device=device)[:, None])[:, 0].tolist())
         if layers:
-            picked = torch.stack([calls[l][0].view(len(seqs), width, -1) for l in layers], 2).sort(-1).values
+            picked = torch.stack([calls[layer][0].view(len(seqs), width, -1) for layer in layers], 2).sort(-1).values
             for i, s in enumerate(seqs):
                 arr = picked[i, : len(s)].cpu().numpy().astype(np.int16)  # [T, L, k]
                 arr[-1] = NO_ROUTE  # never fed back during sampling

@@ -151,7 +151,8 @@ class VLLMServerEngine:
         for ch in choices:
             ids = ch.get("token_ids")
             if ids is None:
-                raise EngineError("the vLLM server did not return token ids (`return_token_ids`): it needs vLLM >= 0.10.2.")
+                raise EngineError("the vLLM server did not return token ids (`return_token_ids`): "
+                                  "it needs vLLM >= 0.10.2.")
             lps = [float(x) for x in ch["logprobs"]["token_logprobs"]]
             if ch.get("finish_reason") not in ("stop", "length"):
                 raise EngineError(f"vLLM server ended prompt {i} with finish_reason={ch.get('finish_reason')!r}.")

@@ -29,7 +29,8 @@ WORKER_EXTENSION = "rollouts.vllm_worker_ext.GrpoWorkerExtension"
 # "ValueError: ..." anywhere in a line (vLLM prefixes "(EngineCore pid=2) ERROR ... [core.py:1] ").
 _EXC_LINE = re.compile(r"(?:^|[\s\]])((?:\w+\.)*[A-Z]\w*(?:Error|Exception|Interrupt)): (.+)$")
 _CODE_LINE = re.compile(r'(?:^|\] )\s*(?:raise\s|File ")')  # traceback source lines, not messages
-_WRAPPERS = ("See root cause above", "check the stack trace above", "Engine core initialization failed", "EngineCore failed to start")
+_WRAPPERS = ("See root cause above", "check the stack trace above", "Engine core initialization failed",
+             "EngineCore failed to start")
 
 
 @dataclass
@@ -80,7 +81,8 @@ def server_command(model_dir: str | Path, port: int, *, max_model_len: int, max_
 
 
 def start_server(model_dir: str | Path, *, max_model_len: int, max_num_seqs: int, seed: int, kv_cache_bytes: int,
-                 extra_args: Sequence[str] = (), timeout: float = 600.0, log_dir: str | Path | None = None) -> ServerProcess:
+                 extra_args: Sequence[str] = (), timeout: float = 600.0,
+                 log_dir: str | Path | None = None) -> ServerProcess:
     """Launch the server and wait for /health; EngineError with vLLM's root cause if it dies."""
     port = free_port()
     log_path = Path(log_dir or tempfile.gettempdir()) / f"vllm-server-{port}.log"

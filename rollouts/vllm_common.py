@@ -37,11 +37,13 @@ def kv_bytes_per_token(model_dir: str | Path, dtype_bytes: int = 4) -> int:
     return layers * per_layer * dtype_bytes
 
 
-def kv_cache_bytes(model_dir: str | Path, max_model_len: int, max_num_seqs: int, kv_cache_gb: float | None = None) -> int:
+def kv_cache_bytes(model_dir: str | Path, max_model_len: int, max_num_seqs: int,
+                   kv_cache_gb: float | None = None) -> int:
     """KV cache for `max_num_seqs` sequences of `max_model_len` tokens at once (no preemption)."""
     if kv_cache_gb is not None:
         if kv_cache_gb <= 0:
-            raise EngineError(f"kv_cache_gb={kv_cache_gb}: give a positive size in GiB, or None to size it from the run.")
+            raise EngineError(f"kv_cache_gb={kv_cache_gb}: give a positive size in GiB, "
+                              "or None to size it from the run.")
         return int(kv_cache_gb * GiB)
     tokens = max_num_seqs * math.ceil(max_model_len / _BLOCK) * _BLOCK
     return int(tokens * kv_bytes_per_token(model_dir) * 1.05) + (16 << 20)

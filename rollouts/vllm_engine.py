@@ -51,9 +51,19 @@ from grpo.errors import EngineError
 from rollouts.prompts import check_request, decode_completion, encode_prompts, load_tokenizer
 from rollouts.types import Completion, Prompt, SamplingConfig
 from rollouts.vllm_common import call_seed, kv_cache_bytes, sampling_kwargs
-from rollouts.vllm_private import (LAYER_NOT_LOADED, NOT_LOADED, RELOAD_LOGGERS, check_vllm_version, core_client,
-                                   ensure_expert_group, installed_vllm_version, is_deferred_attention, layer_size,
-                                   model_runner, release_without_teardown)
+from rollouts.vllm_private import (
+    LAYER_NOT_LOADED,
+    NOT_LOADED,
+    RELOAD_LOGGERS,
+    check_vllm_version,
+    core_client,
+    ensure_expert_group,
+    installed_vllm_version,
+    is_deferred_attention,
+    layer_size,
+    model_runner,
+    release_without_teardown,
+)
 from rollouts.vllm_routing import routes_of_output
 from rollouts.weights import CheckpointNamer, clean_tensors
 
@@ -109,7 +119,8 @@ class VLLMEngine:
                 self._experts = CPUExpertWriter(self._runner.model)
                 names = {id(m): n for n, m in self._runner.model.named_modules()}
                 self._expert_names = {i: names[id(m)] for i, (m, _) in self._experts.layers.items()}
-        self.moe_layer_ids: list[int] = self._capture.layer_ids if self._capture else _moe_layer_ids_from_config(self.model_dir)
+        self.moe_layer_ids: list[int] = (
+            self._capture.layer_ids if self._capture else _moe_layer_ids_from_config(self.model_dir))
 
     # ---- generation -------------------------------------------------------------------------
     def generate(
@@ -380,7 +391,8 @@ def _moe_layer_ids_from_config(model_dir: Path) -> list[int]:
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(model_dir)
-    n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or getattr(cfg, "n_routed_experts", None)
+    n_experts = (getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None)
+                 or getattr(cfg, "n_routed_experts", None))
     if not n_experts:
         return []
     first_dense = int(getattr(cfg, "first_k_dense_replace", 0) or 0)

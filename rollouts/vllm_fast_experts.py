@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import re
 
-from rollouts.vllm_private import cpu_moe_kernel, layer_index, padded_intermediate_size, prepack_moe_weight, uses_zentorch
+from rollouts.vllm_private import (
+    cpu_moe_kernel,
+    layer_index,
+    padded_intermediate_size,
+    prepack_moe_weight,
+    uses_zentorch,
+)
 
 _FUSED = re.compile(r"(?:^|\.)layers\.(\d+)\..*experts\.(gate_up_proj|down_proj)$")
 

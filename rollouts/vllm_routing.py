@@ -83,7 +83,8 @@ class VLLMRoutingCapture:
         req_ids, starts = batch_layout(self.runner)
         n_tok = starts[-1]
         missing = torch.full((n_tok, self.top_k), NO_ROUTE, dtype=torch.int16)
-        per_layer = [self._step[s][:n_tok].to(torch.int16) if s in self._step else missing for s in range(len(self.layer_ids))]
+        per_layer = [self._step[s][:n_tok].to(torch.int16) if s in self._step else missing
+                     for s in range(len(self.layer_ids))]
         rows = torch.stack(per_layer, dim=1).sort(dim=-1).values.numpy()  # [n_tok, L, k]
         pos = positions[:n_tok].to("cpu").numpy()
         for i, req_id in enumerate(req_ids):
@@ -110,7 +111,8 @@ class VLLMRoutingCapture:
         return arr
 
 
-def fill_shared_prefix(routings: Sequence[np.ndarray], sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]) -> None:
+def fill_shared_prefix(routings: Sequence[np.ndarray], sequences: Sequence[Sequence[int]],
+                       prompt_lens: Sequence[int]) -> None:
     """Fill prompt rows a request did not compute (prefix-cache hits) from a
     request that did and shares the tokens up to that position (causal model:
     same prefix, same routing). In place."""

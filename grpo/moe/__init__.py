@@ -18,7 +18,7 @@ What the trainer loop does (details in `step.py`, the R2/R3 table in `modes.py`)
 from grpo.moe.controls import apply_router_controls, force_router_fp32, freeze_router
 from grpo.moe.guard import KLGuard
 from grpo.moe.losses import load_balancing_loss, router_loss_terms, router_z_loss
-from grpo.moe.metrics import moe_step_metrics, router_agreement, rollout_kl
+from grpo.moe.metrics import moe_step_metrics, rollout_kl, router_agreement
 from grpo.moe.modes import check_replay_mode, diagnostic_pass, replay_routes_for, routing_pass, trained_kl_key
 from grpo.moe.plots import plot_expert_load
 from grpo.moe.replay import NO_ROUTE, RouterCapture, RoutingReplay

@@ -31,7 +31,6 @@ import torch
 from rollouts.types import NO_ROUTE  # -1: no record, route live
 
 
-
 def expert_load(indices: torch.Tensor, num_experts: int, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Load share per expert for one layer: indices [S, k] -> [E] summing to 1."""
     idx = indices.reshape(indices.shape[0], -1).long()

@@ -36,7 +36,6 @@ from grpo.moe.routers import RouterInfo, ScoreKind, gate_weights, moe_routers
 from rollouts.types import NO_ROUTE  # -1: no record, route live
 
 
-
 def _in_backward() -> bool:
     """True while the autograd engine runs (i.e. a checkpoint recompute)."""
     return torch._C._current_graph_task_id() != -1

@@ -116,9 +116,9 @@ def kl_diagnostics(model, rr: RoutingReplay, batch, temperature: float = 1.0, *,
     router agreement: two no-grad forwards of the batch. Call before the update, while
     the trainer holds the weights the engine sampled with. Needs sampler logprobs;
     the replay side needs `batch.routed_experts`."""
+    from grpo.logprobs import packed_logprobs
     from grpo.packing import pack_micro_batches
     from grpo.update import scatter_tokens
-    from grpo.logprobs import packed_logprobs
 
     mbs = pack_micro_batches(batch.prompt_ids, batch.completion_ids, batch.group_ids,
                              micro_batch_tokens=micro_batch_tokens, max_row_tokens=min(micro_batch_tokens, 1024))
@@ -133,10 +133,12 @@ def kl_diagnostics(model, rr: RoutingReplay, batch, temperature: float = 1.0, *,
             routes = _rollout_routes(batch, mb)
             if routes is not None:
                 with rr.replay(routes):
-                    lp["replay"][mb.seq_index] = scatter_tokens(packed_logprobs(model, mb, temperature, chunk)[0].float(), mb, t)
+                    lp["replay"][mb.seq_index] = scatter_tokens(
+                        packed_logprobs(model, mb, temperature, chunk)[0].float(), mb, t)
                 rollout_all.append(routes[real])
             with rr.record() as cap:
-                lp["live"][mb.seq_index] = scatter_tokens(packed_logprobs(model, mb, temperature, chunk)[0].float(), mb, t)
+                lp["live"][mb.seq_index] = scatter_tokens(
+                    packed_logprobs(model, mb, temperature, chunk)[0].float(), mb, t)
             live_all.append(cap.live_routes().cpu()[real])
     finally:
         model.train(was_training)

@@ -289,7 +289,7 @@ def test_attack_is_contained(reward, host, attack):
 
 
 def _status_kib(field: str) -> int:
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    line = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith(field + ":"))
     return int(line.split()[1])
 
 

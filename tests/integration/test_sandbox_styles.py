@@ -125,7 +125,8 @@ def test_column_names_are_configurable():
 
 def test_sandbox_api_directly():
     with Sandbox(SandboxLimits(timeout_s=5.0), num_workers=1) as sb:
-        out = sb.run_tests("def f(x):\n    return x * 2\n", JudgeSpec("asserts", ["assert f(2) == 4", "assert f(1) == 3"]))
+        out = sb.run_tests("def f(x):\n    return x * 2\n",
+                           JudgeSpec("asserts", ["assert f(2) == 4", "assert f(1) == 3"]))
         assert (out.passed, out.total, out.status) == (1, 2, "ok")
         prog = sb.run_program("print(input()[::-1])", "abc\n")
         assert (prog.stdout, prog.status, prog.returncode) == ("cba\n", "ok", 0)

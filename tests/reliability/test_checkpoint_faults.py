@@ -7,7 +7,6 @@ returns, it loads, and its weights are exactly those that were saved; a later sa
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import shutil

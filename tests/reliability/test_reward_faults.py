@@ -58,7 +58,6 @@ def test_error_mode_stops_naming_the_function(reward, why, tmp_path, tiny_cfg, t
 def test_error_mode_via_cli_is_one_line(tmp_path, tiny_cfg, tiny_dirs, monkeypatch, capsys):
     """What a user sees from `grpo train`: one line naming the function, exit code 2, no traceback."""
     import rollouts
-
     from grpo import cli
 
     monkeypatch.setattr(rollouts, "make_engine", lambda *a, **k: FakeEngine(tiny_dirs["llama"], poison_every=100))

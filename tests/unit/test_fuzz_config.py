@@ -187,4 +187,5 @@ def report_tally():
     yield
     runs = sum(TALLY.values())
     clean = sum(v for (t, o), v in TALLY.items() if o == "ConfigError")
-    print(f"\n[fuzz config] {runs} examples: {clean} clean ConfigError, {runs - clean} accepted; by test: {dict(TALLY)}")
+    print(f"\n[fuzz config] {runs} examples: {clean} clean ConfigError, {runs - clean} accepted; "
+          f"by test: {dict(TALLY)}")

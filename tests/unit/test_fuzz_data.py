@@ -48,9 +48,9 @@ rows = st.one_of(
 good_row = st.fixed_dictionaries({"question": st.text(min_size=1, max_size=30).filter(str.strip),
                                   "answer": st.text(max_size=5), "n": st.integers(-5, 5)})
 # mostly well-formed files with the odd bad row, and wholly random ones
-datasets = st.one_of(st.lists(good_row, min_size=1, max_size=25),
-                     st.lists(st.one_of(good_row, good_row, good_row, good_row, rows), min_size=2, max_size=25),
-                     st.lists(rows, max_size=25))
+data_files = st.one_of(st.lists(good_row, min_size=1, max_size=25),
+                       st.lists(st.one_of(good_row, good_row, good_row, good_row, rows), min_size=2, max_size=25),
+                       st.lists(rows, max_size=25))
 
 
 def _outcome(test: str, path: Path, needed: list[str] | None = None) -> None:
@@ -77,7 +77,7 @@ def _write_jsonl(path: Path, items: list) -> Path:
 
 
 @FUZZ
-@given(datasets, st.sampled_from([None, ["answer"]]))
+@given(data_files, st.sampled_from([None, ["answer"]]))
 @example([{"question": "q"}] * 3 + [{"x": 1}] * 3, None)  # later rows without the prompt column
 @example([{"question": f"q{i}", "answer": i if i % 2 else "s"} for i in range(10)], ["answer"])  # mixed types
 @example([{"question": f"q{i}", "meta": [1] if i % 2 else {"a": 1}} for i in range(10)], None)  # list vs dict

@@ -23,7 +23,8 @@ class FakeSystem:
         self.calls: list[list[str]] = []
 
     def which(self, name: str):
-        return {"bwrap": "/usr/bin/bwrap" if self.bwrap else None, "apt-get": "/usr/bin/apt-get" if self.apt else None}[name]
+        return {"bwrap": "/usr/bin/bwrap" if self.bwrap else None,
+                "apt-get": "/usr/bin/apt-get" if self.apt else None}[name]
 
     def euid(self) -> int:
         return 0 if self.root else 1000

@@ -18,7 +18,8 @@ from rollouts.types import Completion
 
 def test_sampler_resumes_exactly():
     a = PromptSampler(7, seed=3)
-    first = [a.next_batch(3) for _ in range(2)]
+    for _ in range(2):
+        a.next_batch(3)
     saved = json.loads(json.dumps(a.state()))
     rest = [a.next_batch(3) for _ in range(4)]
     b = PromptSampler(7, seed=3)

@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from grpo.config import AlgoConfig
-from grpo.losses import (LOSSES, LossInputs, LossNorm, dapo_loss, dr_grpo_loss, grpo_loss, gspo_loss, k3_kl,
-                         rollout_is_weights)
+from grpo.losses import (
+    LOSSES,
+    LossInputs,
+    LossNorm,
+    dapo_loss,
+    dr_grpo_loss,
+    grpo_loss,
+    gspo_loss,
+    k3_kl,
+    rollout_is_weights,
+)
 
 e = math.exp
 # Two completions, T = 3; the second has 2 tokens.

@@ -10,8 +10,16 @@ from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_fun
 
 from grpo.errors import GrpoError
 from grpo.models.loader import load_causal_lm, resolve_model
-from grpo.moe import (RoutingReplay, apply_router_controls, force_router_fp32, freeze_router,
-                      load_balancing_loss, moe_routers, router_loss_terms, router_z_loss)
+from grpo.moe import (
+    RoutingReplay,
+    apply_router_controls,
+    force_router_fp32,
+    freeze_router,
+    load_balancing_loss,
+    moe_routers,
+    router_loss_terms,
+    router_z_loss,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ def test_plot_run_writes_every_figure_including_expert_load(tmp_path):
     records = [{"step": 0, "eval/pass@1": 0.2, "eval/stderr": 0.03}]
     for step in range(1, 7):
         r = {"step": step, "reward/mean": step / 10}
-        r.update({f"moe/load/layer{l}/expert{e}": 0.25 + 0.01 * (e - 1.5) for l in range(2) for e in range(4)})
+        r.update({f"moe/load/layer{layer}/expert{e}": 0.25 + 0.01 * (e - 1.5) for layer in range(2) for e in range(4)})
         records.append(r)
     records.append({"step": 6, "eval/pass@1": 0.5, "eval/stderr": 0.03})
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from rewards.code_tests import extract_code, outputs_match
-from rewards.sandbox import SandboxLimits
-from rewards.sandbox import fsview, judge, wire
+from rewards.sandbox import SandboxLimits, fsview, judge, wire
 
 
 @pytest.mark.parametrize("completion,entry,expected", [

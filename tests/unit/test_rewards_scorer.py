@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from rewards import (GroupInfo, RewardError, RewardFunctionError, RewardScorer, RewardSpec, Scores, register,
-                     resolve)
+from rewards import GroupInfo, RewardError, RewardFunctionError, RewardScorer, RewardSpec, Scores, register, resolve
 from rewards.health import frac_zero_variance_groups
 
 
@@ -230,7 +229,8 @@ def test_reward_from_a_file_path(tmp_path):
 def test_reward_from_a_package_module(tmp_path, monkeypatch):
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg" / "__init__.py").write_text("")
-    (tmp_path / "mypkg" / "mod.py").write_text("def fn(prompts, completions, **kw):\n    return [2.0] * len(completions)\n")
+    (tmp_path / "mypkg" / "mod.py").write_text("def fn(prompts, completions, **kw):\n"
+                                               "    return [2.0] * len(completions)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     with RewardScorer([RewardSpec("mypkg.mod:fn", 0.5)]) as s:
         assert s(["p"], ["a"]).total == [1.0]

@@ -20,7 +20,8 @@ VLLM_LOG = """\
 (EngineCore pid=2) ERROR 11-24 [core.py:1] Traceback (most recent call last):
 (EngineCore pid=2) ERROR 11-24 [core.py:1]   File "core.py", line 10, in run
 (EngineCore pid=2) ERROR 11-24 [core.py:1]     raise ValueError(msg)
-(EngineCore pid=2) ERROR 11-24 [core.py:1] ValueError: Available memory on node 0 (8.3/21.2 GiB) is less than requested memory for kv (200.0 GiB).
+(EngineCore pid=2) ERROR 11-24 [core.py:1] ValueError: Available memory on node 0 (8.3/21.2 GiB) \
+is less than requested memory for kv (200.0 GiB).
 Traceback (most recent call last):
   File "api_server.py", line 3, in <module>
     raise RuntimeError("Engine core initialization failed. See root cause above.")

@@ -50,7 +50,7 @@ def test_dynamic_sampling_drops_groups_whose_scorable_rewards_are_equal():
     kept: NaN != 1 looked like variance)."""
     G, nan = 2, float("nan")
     draws = iter([([7], _group(G), torch.tensor([1.0, 0.0]))])
-    out_ids, _, out_s, m = refill_zero_variance_groups([5, 6], _group(G) + _group(G), torch.tensor([1.0, nan, 0.0, 1.0]),
-                                                       G, 2, lambda n: next(draws))
+    out_ids, _, out_s, m = refill_zero_variance_groups([5, 6], _group(G) + _group(G),
+                                                       torch.tensor([1.0, nan, 0.0, 1.0]), G, 2, lambda n: next(draws))
     assert out_ids == [6, 7] and out_s.tolist() == [0.0, 1.0, 1.0, 0.0]
     assert m["dynamic_sampling/rounds"] == 1 and m["dynamic_sampling/filler_groups"] == 0

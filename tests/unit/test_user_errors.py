@@ -166,7 +166,8 @@ def test_install_check_prints_a_broken_stack_as_one_line(monkeypatch, capsys):
     monkeypatch.setattr(ic, "check", broken)
     monkeypatch.setattr(sys, "argv", ["install_check"])
     assert ic.main() == 2
-    assert capsys.readouterr().err == "error: transformers fails to import. Fix: python -m grpo.install_check --repair\n"
+    assert capsys.readouterr().err == ("error: transformers fails to import. "
+                                       "Fix: python -m grpo.install_check --repair\n")
     assert issubclass(ic.InstallError, GrpoError)
 
 

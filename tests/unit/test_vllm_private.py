@@ -41,7 +41,8 @@ def test_installed_version_is_read_from_either_build(monkeypatch):
 
     monkeypatch.setattr(vllm_private.metadata, "version", fake)
     assert installed_vllm_version() == "0.32.0"
-    monkeypatch.setattr(vllm_private.metadata, "version", lambda d: (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
+    monkeypatch.setattr(vllm_private.metadata, "version",
+                        lambda d: (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
     assert installed_vllm_version() is None
 
 
