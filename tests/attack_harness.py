@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import pytest
 
 from rewards.code_tests import CodeTests
+from rewards.sandbox.cgroups import cgroup_dir
 
 GOOD = "def solve(x=None):\n    return {token!r}\n"
 GUARD_SKIP = "hostile-code tests run only under an outer guard (a pids cgroup with pids.max; see SECURITY.md)"
@@ -32,20 +33,12 @@ GUARD_SKIP = "hostile-code tests run only under an outer guard (a pids cgroup wi
 
 def under_pids_guard() -> bool:
     """A numeric pids.max on this process's pids cgroup or one of its ancestors."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "pids" not in controllers.split(","):
-            continue
-        node = Path("/sys/fs/cgroup/pids") / path.lstrip("/")
-        while str(node).startswith("/sys/fs/cgroup/pids/"):
-            f = node / "pids.max"
-            if f.is_file() and f.read_text().strip().isdigit():
-                return True
-            node = node.parent
+    node = cgroup_dir("pids")
+    while node is not None and str(node).startswith("/sys/fs/cgroup/pids/"):
+        f = node / "pids.max"
+        if f.is_file() and f.read_text().strip().isdigit():
+            return True
+        node = node.parent
     return False
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path("/sys/fs/cgroup")
 
 
-def own_cgroup(controller: str) -> Path | None:
-    """This process's cgroup directory in a v1 hierarchy, if mounted and writable."""
+def cgroup_dir(controller: str) -> Path | None:
+    """This process's cgroup directory in the v1 `controller` hierarchy (/proc/self/cgroup), or None."""
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
@@ -32,9 +32,14 @@ def own_cgroup(controller: str) -> Path | None:
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controller in controllers.split(","):
-            d = ROOT / controller / path.lstrip("/")
-            return d if d.is_dir() and os.access(d, os.W_OK) else None
+            return ROOT / controller / path.lstrip("/")
     return None
+
+
+def own_cgroup(controller: str) -> Path | None:
+    """This process's cgroup directory in a v1 hierarchy, if mounted and writable."""
+    d = cgroup_dir(controller)
+    return d if d is not None and d.is_dir() and os.access(d, os.W_OK) else None
 
 
 def available() -> bool:
