@@ -25,9 +25,9 @@ def oversized(path: Path) -> list[str]:
     """What in one file breaks the size rules, as 'file: what (n lines)' strings."""
     src = path.read_text()
     name = path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else str(path)
-    out = []
-    if src.count("\n") > MAX_FILE_LINES:
-        out.append(f"{name}: {src.count(chr(10))} lines")
+    out, n_lines = [], src.count("\n")
+    if n_lines > MAX_FILE_LINES:
+        out.append(f"{name}: {n_lines} lines")
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             n = node.end_lineno - node.lineno + 1
